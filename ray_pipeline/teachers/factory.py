@@ -1,0 +1,91 @@
+"""From a teacher config to a running teacher.
+
+``teacher_session`` runs on the driver and starts whatever the teacher needs for
+the whole job (the embedded ``vllm serve``), yielding the config that the
+pipeline's stages use; ``build_teacher`` runs inside each stage actor and makes
+the :class:`Teacher` from that config, once per actor.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Union
+
+from ray_pipeline.config import EmbeddedTeacherConfig, OpenAITeacherConfig, VLLMTeacherConfig
+from ray_pipeline.errors import ConfigError, TeacherError
+from ray_pipeline.teachers.base import Teacher
+
+StageTeacherConfig = Union[OpenAITeacherConfig, VLLMTeacherConfig]
+
+
+def teacher_model_name(cfg: StageTeacherConfig) -> str:
+    """The model name recorded in lineage and in cache keys."""
+    if isinstance(cfg, VLLMTeacherConfig):
+        return cfg.served_model_name or Path(cfg.model.rstrip("/")).name
+    return cfg.model
+
+
+def build_teacher(cfg: StageTeacherConfig) -> Teacher:
+    if isinstance(cfg, OpenAITeacherConfig):
+        from ray_pipeline.teachers.openai_compat import OpenAICompatTeacher
+
+        return OpenAICompatTeacher(cfg)
+    if isinstance(cfg, VLLMTeacherConfig):
+        from ray_pipeline.teachers.vllm_offline import VLLMOfflineTeacher
+
+        return VLLMOfflineTeacher(cfg)
+    raise ConfigError(f"teacher kind {getattr(cfg, 'kind', cfg)!r} cannot run inside a stage")
+
+
+def stage_resources(cfg: StageTeacherConfig, http_cpus: float) -> dict[str, float]:
+    """Ray resources of one teacher-stage actor."""
+    if isinstance(cfg, VLLMTeacherConfig):
+        return {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus * cfg.tensor_parallel_size}
+    return {"num_cpus": http_cpus}
+
+
+def preflight(cfg: StageTeacherConfig) -> None:
+    """Fail fast, with one line, before any work starts."""
+    if isinstance(cfg, OpenAITeacherConfig):
+        teacher = build_teacher(cfg)
+        try:
+            teacher.check()
+        finally:
+            teacher.close()
+    elif isinstance(cfg, VLLMTeacherConfig):
+        model = Path(cfg.model)
+        looks_local = cfg.model.startswith((".", "/", "~"))
+        if looks_local and not model.expanduser().exists():
+            raise TeacherError(f"vllm teacher: model path {cfg.model} not found")
+        if cfg.chat_template and not Path(cfg.chat_template).is_file():
+            raise TeacherError(f"vllm teacher: chat template {cfg.chat_template} not found")
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            raise TeacherError("vllm teacher: vLLM is not installed (pip install '.[gpu]' or '.[cpu]')") from None
+
+
+@contextmanager
+def teacher_session(cfg: object, log_dir: Path) -> Iterator[StageTeacherConfig]:
+    """Start the job-wide part of a teacher and yield the config its stages use."""
+    if isinstance(cfg, EmbeddedTeacherConfig):
+        from ray_pipeline.teachers.embedded import EmbeddedServer
+
+        with EmbeddedServer(cfg, log_path=log_dir / "embedded-vllm.log") as server:
+            stage_cfg = OpenAITeacherConfig(
+                model=server.model,
+                base_url=server.base_url,
+                api_key="EMPTY",
+                concurrency=cfg.concurrency,
+                timeout_s=cfg.timeout_s,
+                max_retries=cfg.max_retries,
+            )
+            preflight(stage_cfg)
+            yield stage_cfg
+        return
+    if isinstance(cfg, (OpenAITeacherConfig, VLLMTeacherConfig)):
+        preflight(cfg)
+        yield cfg
+        return
+    raise ConfigError(f"unknown teacher config {cfg!r}")
