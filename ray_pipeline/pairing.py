@@ -11,7 +11,7 @@ what makes a resumed run draw exactly the pairs the interrupted one drew.
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from typing import Callable, Sequence
 
 # Rejection sampling is fast while most pairs are still free; after this many
 # rejections in a row the sampler enumerates what is left instead.
@@ -32,21 +32,48 @@ class PairSampler:
         self._rng = random.Random(seed)
         self._used: set[tuple[int, int]] = set()
         self._remaining: list[tuple[int, int]] | None = None  # set once enumerated
-        self.total = self._count_allowed()
+        self._strata = self._build_strata()
+        self.total = sum(weight for weight, _ in self._strata)
+
+    # Allowed pairs are split into strata that are easy to sample uniformly:
+    # with cross-language pairs allowed, one stratum of all pairs; without,
+    # one per language (pairs inside it) plus one for pairs with a seed that
+    # names no language. A stratum is chosen with probability proportional to
+    # its number of pairs, then a pair inside it uniformly: uniform overall.
+    def _build_strata(self) -> list[tuple[int, Callable[[], tuple[int, int]]]]:
+        n = len(self._langs)
+        if self._cross:
+            return [(n * (n - 1) // 2, lambda: self._two_of(range(n)))] if n > 1 else []
+        groups: dict[str, list[int]] = {}
+        for i, lang in enumerate(self._langs):
+            groups.setdefault(lang, []).append(i)
+        unnamed = groups.pop("", [])
+        strata: list[tuple[int, Callable[[], tuple[int, int]]]] = []
+        for members in groups.values():
+            if len(members) > 1:
+                strata.append((len(members) * (len(members) - 1) // 2, lambda m=members: self._two_of(m)))
+        u = len(unnamed)
+        with_unnamed = u * (u - 1) // 2 + u * (n - u)
+        if with_unnamed:
+            strata.append((with_unnamed, lambda: self._with_unnamed(unnamed, n)))
+        return strata
+
+    def _two_of(self, members: Sequence[int]) -> tuple[int, int]:
+        i, j = self._rng.sample(range(len(members)), 2)
+        return members[i], members[j]
+
+    def _with_unnamed(self, unnamed: list[int], n: int) -> tuple[int, int]:
+        # Uniform over pairs with at least one unnamed seed: draw (unnamed, any other)
+        # and accept a pair of two unnamed seeds half the time (it is drawn both ways).
+        while True:
+            i = unnamed[self._rng.randrange(len(unnamed))]
+            j = self._rng.randrange(n - 1)
+            j += j >= i
+            if self._langs[j] or self._rng.random() < 0.5:
+                return i, j
 
     def _allowed(self, i: int, j: int) -> bool:
         return i != j and (self._cross or not is_cross_language(self._langs[i], self._langs[j]))
-
-    def _count_allowed(self) -> int:
-        n = len(self._langs)
-        if self._cross:
-            return n * (n - 1) // 2
-        counts: dict[str, int] = {}
-        for lang in self._langs:
-            counts[lang] = counts.get(lang, 0) + 1
-        unnamed = counts.pop("", 0)
-        within = sum(c * (c - 1) // 2 for c in counts.values())
-        return within + unnamed * (unnamed - 1) // 2 + unnamed * (n - unnamed)
 
     @property
     def drawn(self) -> int:
@@ -61,11 +88,12 @@ class PairSampler:
         if self.exhausted:
             return None
         if self._remaining is None:
-            n = len(self._langs)
+            weights = [w for w, _ in self._strata]
             for _ in range(_MAX_REJECTIONS):
-                i, j = self._rng.randrange(n), self._rng.randrange(n)
+                _, sample = self._rng.choices(self._strata, weights=weights)[0]
+                i, j = sample()
                 key = (min(i, j), max(i, j))
-                if self._allowed(i, j) and key not in self._used:
+                if key not in self._used:
                     self._used.add(key)
                     return i, j
             self._enumerate_remaining()
@@ -77,9 +105,10 @@ class PairSampler:
         return (i, j) if self._rng.random() < 0.5 else (j, i)
 
     def _enumerate_remaining(self) -> None:
+        # Reached only when almost every allowed pair is used, i.e. on small pools.
         n = len(self._langs)
         left = self.total - self.drawn
-        if left > _MAX_ENUMERATED:  # cannot happen unless rejection keeps failing on a huge pool
+        if left > _MAX_ENUMERATED:
             raise RuntimeError(f"pair sampler: {left} pairs left but rejection sampling keeps failing")
         rest = [
             (i, j)

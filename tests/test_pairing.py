@@ -56,3 +56,21 @@ def test_too_few_seeds(n):
     sampler = PairSampler(["python"] * n, seed=0)
     assert sampler.total == 0
     assert sampler.draw() is None
+
+
+def test_uniform_without_cross_language_on_a_many_language_pool():
+    # 60 languages of 3 seeds each plus 4 unnamed seeds: only a few % of all pairs are allowed,
+    # so plain rejection sampling would starve; strata keep every draw uniform and fast.
+    langs = [f"lang{k}" for k in range(60) for _ in range(3)] + [""] * 4
+    sampler = PairSampler(langs, seed=5, cross_language=False)
+    n, u = len(langs), 4
+    assert sampler.total == 60 * 3 + u * (u - 1) // 2 + u * (n - u)
+    pairs = sampler.draw_many(sampler.total + 10)
+    assert len(pairs) == len({frozenset(p) for p in pairs}) == sampler.total
+    assert not any(is_cross_language(langs[i], langs[j]) for i, j in pairs)
+    # First draws are uniform over strata: named-language pairs are 180 of 902 allowed pairs.
+    firsts = [PairSampler(langs, seed=s, cross_language=False).draw() for s in range(4000)]
+    named = sum(bool(langs[i]) and bool(langs[j]) for i, j in firsts) / len(firsts)
+    assert abs(named - 180 / sampler.total) < 0.03
+    both_unnamed = sum(not langs[i] and not langs[j] for i, j in firsts) / len(firsts)
+    assert abs(both_unnamed - 6 / sampler.total) < 0.01
