@@ -8,8 +8,8 @@ outcome and nothing lost.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import threading
 
 import pyarrow.parquet as pq
 import pytest
@@ -29,22 +29,35 @@ FUSION_FATES = ["ok", "first:429", "first:500", "first:timeout", "first:truncate
 RESPONSE_FATES = ["ok", "ok", "ok", "first:503", "always:500", "always:empty"]
 
 
-def fate(body: dict) -> str:
-    text = last_user_text(body)
-    fates = FUSION_FATES if "#Instruction 1#" in text else RESPONSE_FATES
-    return fates[int(hashlib.sha256(text.encode()).hexdigest(), 16) % len(fates)]
+class FatePlan:
+    """Deals fates round-robin to request bodies in the order the server first sees them,
+    so every fault kind is met within each len(fates) new requests, and remembers them."""
 
+    def __init__(self) -> None:
+        self.fates: dict[str, str] = {}  # last user message -> fate
+        self._dealt = {"fusion": 0, "response": 0}
+        self._lock = threading.Lock()
 
-def plan(body: dict, attempt: int) -> str | None:
-    when, _, kind = fate(body).partition(":")
-    if when == "always" or (when == "first" and attempt == 0):
-        return kind
-    return None
+    def fate(self, text: str) -> str:
+        with self._lock:
+            if text not in self.fates:
+                kind = "fusion" if "#Instruction 1#" in text else "response"
+                fates = FUSION_FATES if kind == "fusion" else RESPONSE_FATES
+                self.fates[text] = fates[self._dealt[kind] % len(fates)]
+                self._dealt[kind] += 1
+            return self.fates[text]
+
+    def __call__(self, body: dict, attempt: int) -> str | None:
+        when, _, kind = self.fate(last_user_text(body)).partition(":")
+        if when == "always" or (when == "first" and attempt == 0):
+            return kind
+        return None
 
 
 @pytest.fixture(scope="module")
 def faulty_run(tmp_path_factory, local_ray, code_alpaca):
     tmp = tmp_path_factory.mktemp("faults")
+    plan = FatePlan()
     with FaultInjectingOpenAIServer(faults=plan, retry_after_s=0.5, hang_s=5.0) as srv:
         job_file = write_job(
             tmp,
@@ -53,11 +66,11 @@ def faulty_run(tmp_path_factory, local_ray, code_alpaca):
         )
         job = load_job(job_file)
         manifest = run_instruction_fusion(job)
-        yield job, manifest, srv.calls, tmp / "run"
+        yield job, manifest, srv.calls, tmp / "run", plan
 
 
 def test_every_row_has_a_recorded_outcome(faulty_run):
-    job, manifest, calls, run = faulty_run
+    job, manifest, calls, run, plan = faulty_run
     table = pq.read_table(run / "test.parquet").to_pylist()
     assert manifest["complete"] and manifest["counts"]["fused"] == 8
     assert len(table) == manifest["counts"]["attempts"] == manifest["counts"]["rows"]
@@ -70,13 +83,12 @@ def test_every_row_has_a_recorded_outcome(faulty_run):
 
 
 def test_faults_map_to_the_right_outcomes(faulty_run):
-    job, manifest, calls, run = faulty_run
+    job, manifest, calls, run, plan = faulty_run
     table = pq.read_table(run / "test.parquet").to_pylist()
     tpl = load_template("if_fusion@v1")
     seen = set()
     for row in table:
-        msgs = tpl.render(**_parents(job, row))
-        f = fate({"messages": msgs})
+        f = plan.fates[tpl.render(**_parents(job, row))[-1]["content"]]
         seen.add(f)
         if f == "always:500":
             assert row["fusion_outcome"] == "api_error" and "500" in row["fusion_error"]
@@ -106,7 +118,7 @@ def _parents(job, row):
 
 
 def test_responses_lineage_and_sft_files(faulty_run):
-    job, manifest, calls, run = faulty_run
+    job, manifest, calls, run, plan = faulty_run
     table = pq.read_table(run / "test.parquet").to_pylist()
     seed_ids = {s["id"] for s in load_seeds(job.seeds).records}
     selected = [r for r in table if r["selected"]]
@@ -131,7 +143,7 @@ def test_responses_lineage_and_sft_files(faulty_run):
 
 
 def test_manifest_and_no_secret_written(faulty_run):
-    job, manifest, calls, run = faulty_run
+    job, manifest, calls, run, plan = faulty_run
     on_disk = json.loads((run / "manifest.json").read_text())
     assert on_disk["counts"] == manifest["counts"]
     assert on_disk["versions"]["ray"] and on_disk["wall_time_s"] > 0
@@ -141,3 +153,19 @@ def test_manifest_and_no_secret_written(faulty_run):
     for path in run.rglob("*"):
         if path.is_file():
             assert b"sk-test-not-a-real-key" not in path.read_bytes(), path
+
+
+def test_a_dead_teacher_stops_the_run_instead_of_spending_the_pairs(tmp_path, local_ray, code_alpaca):
+    from tests.fault_server import always
+
+    from ray_pipeline.errors import TeacherError
+    from ray_pipeline.pipelines.instruction_fusion import DEAD_TEACHER_STREAK
+
+    with FaultInjectingOpenAIServer(faults=always("500")) as srv:
+        job = load_job(write_job(tmp_path, teacher=openai_teacher(srv.base_url, max_retries=1, backoff_max_s=0.01),
+                                 fusion={"num_instructions": 30, "max_attempts": 120}))
+        with pytest.raises(TeacherError, match=r"failed \d+ calls in a row \(last: api_error: HTTP 500"):
+            run_instruction_fusion(job)
+        # It stopped after the first round: far fewer calls than the 120 pairs it could have spent.
+        assert DEAD_TEACHER_STREAK * 2 <= srv.total_calls <= 2 * 2 * 40
+    assert not (tmp_path / "run" / "test.parquet").exists()

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from ray_pipeline.cache import load_cache
 from ray_pipeline.config import InstructionFusionJob, SamplingConfig, VLLMTeacherConfig, job_to_dict
-from ray_pipeline.errors import FusionError, SeedError
+from ray_pipeline.errors import FusionError, SeedError, TeacherError
 from ray_pipeline.executor import connect, run_stage
 from ray_pipeline.outputs import RunDir, config_hash, package_versions
 from ray_pipeline.pairing import PairSampler, is_cross_language
@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 # a bounded round size.
 _PRIOR_PASS_RATE = 0.8
 _MIN_PASS_RATE = 0.1
+# This many teacher calls failing in a row (after their retries) means the
+# teacher is down, not that some prompts are bad: stop instead of spending the
+# seed pairs, and let a rerun resume from the cache.
+DEAD_TEACHER_STREAK = 16
 # Default rows per batch when the job does not set one: enough to keep every
 # in-flight slot of an HTTP teacher busy, and a large batch for an engine.
 _VLLM_BATCH = 64
@@ -121,6 +125,22 @@ class _Tally:
         return self.ok / self.attempts if self.attempts else _PRIOR_PASS_RATE
 
 
+class _Breaker:
+    """Counts teacher calls failing in a row; trips at DEAD_TEACHER_STREAK."""
+
+    def __init__(self, cache_dir: object):
+        self.cache_dir = cache_dir
+        self.streak = 0
+
+    def observe(self, error: str) -> None:
+        self.streak = self.streak + 1 if error else 0
+        if self.streak >= DEAD_TEACHER_STREAK:
+            raise TeacherError(
+                f"the teacher failed {self.streak} calls in a row (last: {error}); finished calls are cached "
+                f"in {self.cache_dir}: fix the teacher and run the same command again to resume"
+            )
+
+
 class InstructionFusionRun:
     def __init__(self, job: InstructionFusionJob, address: str | None = None, force: bool = False):
         self.job = job
@@ -181,6 +201,7 @@ class InstructionFusionRun:
         bar = tqdm(total=target, desc="fused instructions", unit="instr", dynamic_ncols=True)
         round_no = 0
         by_id = {s["id"]: s for s in seeds}
+        breaker = _Breaker(self.run.cache_dir)
         while selected < target:
             if tally.attempts >= budget:
                 stop_reason = "budget"
@@ -206,6 +227,7 @@ class InstructionFusionRun:
                 requests.append(row)
             answered = self._run_teacher(stage_cfg, requests, "fusion")
             for row in sorted(answered, key=lambda r: r["attempt"]):
+                breaker.observe(row["fusion_error"])
                 parents = (seed_prompt(by_id[row["parent_a"]]), seed_prompt(by_id[row["parent_b"]]))
                 if row["fusion_error"]:
                     outcome, text, reason = "api_error", "", row["fusion_error"]
@@ -245,6 +267,9 @@ class InstructionFusionRun:
             seed = _derived_seed(self.job.seed, "response", row["instruction"])
             requests.append({"attempt": row["attempt"], **stage.request(seed, instruction=row["instruction"])})
         answered = {r["attempt"]: r for r in self._run_teacher(stage_cfg, requests, "response")}
+        breaker = _Breaker(self.run.cache_dir)
+        for attempt in sorted(answered):
+            breaker.observe(answered[attempt]["response_error"])
         for row in rows:
             got = answered.get(row["attempt"])
             if got is None:  # not selected: a failed fusion, or a valid one beyond M
