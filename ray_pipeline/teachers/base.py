@@ -25,7 +25,7 @@ Message = dict[str, str]
 @dataclass(frozen=True)
 class Sampling:
     temperature: float = 0.7
-    top_p: float = 0.95
+    top_p: float = 1.0
     max_tokens: int = 512
     seed: int | None = None
     stop: tuple[str, ...] = ()

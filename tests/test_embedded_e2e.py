@@ -1,0 +1,122 @@
+"""`fusion run` end to end with the embedded teacher: Gemma 3 270M from the
+bundled GGUF behind a real `vllm serve` on loopback, 16 Code Alpaca seeds from
+../shared. Slow (a vLLM start each); marked `vllm`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from ray_pipeline.config import SeedSource
+from ray_pipeline.prompts import load_template
+from ray_pipeline.seeds import load_seeds
+from tests.conftest import CODE_ALPACA, REPO, fusion_cli, read_jsonl, write_job
+
+pytestmark = pytest.mark.vllm
+
+
+def vllm_pids() -> set[int]:
+    pids = set()
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "vllm" in cmd.lower() and "pytest" not in cmd:
+                pids.add(int(p.name))
+    return pids
+
+
+def wait_gone(pids: set[int], timeout: float = 30) -> set[int]:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        left = pids & vllm_pids()
+        if not left:
+            return set()
+        time.sleep(0.5)
+    return pids & vllm_pids()
+
+
+def test_fusion_with_embedded_teacher(tmp_path, code_alpaca):
+    before = vllm_pids()
+    job = write_job(
+        tmp_path,
+        teacher="embedded",
+        seeds=[{"path": str(code_alpaca), "limit": 16}],
+        fusion={"num_instructions": 6, "max_attempts": 30, "sampling": {"temperature": 0.7, "max_tokens": 96}},
+        response={"sampling": {"temperature": 0.2, "max_tokens": 128}},
+    )
+    proc = fusion_cli("run", str(job), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert not wait_gone(vllm_pids() - before), "the embedded vLLM server outlived the job"
+
+    run = tmp_path / "run"
+    manifest = json.loads((run / "manifest.json").read_text())
+    rows = pq.read_table(run / "test.parquet").to_pylist()
+    seeds = {s["id"]: s for s in load_seeds([SeedSource(path=str(CODE_ALPACA), limit=16)]).records}
+    assert len(seeds) == 16
+    assert manifest["teacher"] == {"kind": "embedded", "model": "gemma3-270m"}
+    assert manifest["counts"]["fused"] == 6 and manifest["complete"]
+    assert len(rows) == manifest["counts"]["attempts"] <= 30
+    assert {r["outcome"] for r in rows} <= {"ok", "invalid", "parse_error", "api_error", "surplus"}
+    assert manifest["counts"]["fusion"]["api_error"] == 0
+    fusion_sha = load_template("if_fusion@v1").sha256
+    for r in rows:
+        assert set(r["parent_ids"]) <= set(seeds) and len(set(r["parent_ids"])) == 2
+        assert r["parent_languages"] == [seeds[i]["language"] for i in r["parent_ids"]]
+        assert r["teacher_model"] == "gemma3-270m" and r["fusion_template_sha256"] == fusion_sha
+        assert r["fusion_prompt_tokens"] > 50 and r["fusion_completion_tokens"] > 0
+        assert r["fusion_raw"] and not r["fusion_cached"]
+        assert json.loads(r["fusion_sampling"])["max_tokens"] == 96
+    selected = [r for r in rows if r["selected"]]
+    assert len(selected) == 6
+    for r in selected:
+        assert r["instruction"] and r["response_outcome"] in ("ok", "parse_error")
+        assert r["response_completion_tokens"] > 0
+    ok = [r for r in rows if r["outcome"] == "ok"]
+    assert len(read_jsonl(run / "sft_messages.jsonl")) == len(ok) == manifest["counts"]["sft_rows"] > 0
+    assert (run / "logs" / "embedded-vllm.log").stat().st_size > 0
+    # The same job again: everything from the cache, no new call, same rows.
+    again = fusion_cli("run", str(job), timeout=900)
+    assert again.returncode == 0, again.stderr[-4000:]
+    manifest2 = json.loads((run / "manifest.json").read_text())
+    assert manifest2["this_run"]["calls"] == 0
+    assert manifest2["this_run"]["cache_hits"] == manifest["this_run"]["calls"]
+    rows2 = pq.read_table(run / "test.parquet", columns=["instruction", "response", "outcome"]).to_pylist()
+    assert rows2 == [{k: r[k] for k in ("instruction", "response", "outcome")} for r in rows]
+
+
+def test_ctrl_c_stops_the_embedded_server(tmp_path, code_alpaca):
+    before = vllm_pids()
+    job = write_job(tmp_path, teacher="embedded", seeds=[{"path": str(code_alpaca), "limit": 16}],
+                    fusion={"num_instructions": 40, "sampling": {"max_tokens": 256}})
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "ray_pipeline.cli", "run", str(job)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cache = tmp_path / "run" / "cache"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if any(f.stat().st_size for f in cache.glob("calls-*.jsonl")):  # the server is answering
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    started = vllm_pids() - before
+    assert started, "no vLLM process seen while the job was running"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "resume" in err
+    assert not wait_gone(started), "vLLM processes survived Ctrl-C"
+    assert not (tmp_path / "run" / "test.parquet").exists()
+    assert any(f.stat().st_size for f in cache.glob("calls-*.jsonl")), "finished calls were lost"
