@@ -100,7 +100,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--concurrency", type=int, default=32, help="in-flight requests of the pipeline's client")
+    ap.add_argument("--concurrency", type=int, default=64, help="in-flight requests of the pipeline's client")
     args = ap.parse_args()
     rows = fusion_rows(args.prompts, args.max_tokens, "gemma3-270m")
     p_s, p_tok = run_pipeline(rows, args.concurrency)

@@ -120,3 +120,33 @@ def test_ctrl_c_stops_the_embedded_server(tmp_path, code_alpaca):
     assert not wait_gone(started), "vLLM processes survived Ctrl-C"
     assert not (tmp_path / "run" / "test.parquet").exists()
     assert any(f.stat().st_size for f in cache.glob("calls-*.jsonl")), "finished calls were lost"
+
+
+def test_fusion_with_in_process_vllm_teacher(tmp_path, code_alpaca):
+    """`teacher: {kind: vllm}`: one vllm.LLM inside the Ray Data actor that runs the teacher stage."""
+    from ray_pipeline.teachers.model_files import chat_template_path, ensure_embedded_model
+
+    job = write_job(
+        tmp_path,
+        teacher={"kind": "vllm", "model": str(ensure_embedded_model()), "served_model_name": "gemma3-270m-local",
+                 "chat_template": str(chat_template_path()), "max_model_len": 2048, "num_cpus": 1,
+                 "dtype": "bfloat16"},
+        seeds=[{"path": str(code_alpaca), "limit": 16}],
+        fusion={"num_instructions": 4, "max_attempts": 16, "sampling": {"temperature": 0.7, "max_tokens": 64}},
+        response={"sampling": {"temperature": 0.0, "max_tokens": 64}},
+    )
+    before = vllm_pids()
+    proc = fusion_cli("run", str(job), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert not wait_gone(vllm_pids() - before), "engine processes outlived the job"
+    run = tmp_path / "run"
+    manifest = json.loads((run / "manifest.json").read_text())
+    rows = pq.read_table(run / "test.parquet").to_pylist()
+    assert manifest["teacher"] == {"kind": "vllm", "model": "gemma3-270m-local"}
+    assert manifest["counts"]["fused"] == 4 and manifest["complete"]
+    assert manifest["counts"]["fusion"]["api_error"] == 0
+    for r in rows:
+        assert r["teacher_model"] == "gemma3-270m-local" and r["fusion_node"]
+        assert r["fusion_prompt_tokens"] > 50 and 0 < r["fusion_completion_tokens"] <= 64
+    assert sum(r["selected"] for r in rows) == 4
+    assert all(r["response_completion_tokens"] > 0 for r in rows if r["selected"])
