@@ -35,13 +35,13 @@ BUNDLED_SEEDS = REPO / "ray_pipeline/data/seeds/quickstart.jsonl"
 def fusion_rows(n: int, max_tokens: int, model: str) -> list[dict]:
     from ray_pipeline.config import SamplingConfig, SeedSource
     from ray_pipeline.pairing import PairSampler
-    from ray_pipeline.pipelines.instruction_fusion import _Stage, seed_prompt
+    from ray_pipeline.pipelines.instruction_fusion import RequestBuilder, seed_prompt
     from ray_pipeline.prompts import load_template
     from ray_pipeline.seeds import load_seeds
 
     path = SHARED_SEEDS if SHARED_SEEDS.is_file() else BUNDLED_SEEDS
     seeds = load_seeds([SeedSource(path=str(path), limit=200)]).records
-    stage = _Stage(load_template("if_fusion@v1"), SamplingConfig(temperature=0.0, max_tokens=max_tokens), model, {})
+    stage = RequestBuilder(load_template("if_fusion@v1"), SamplingConfig(temperature=0.0, max_tokens=max_tokens), model, {})
     rows = []
     for k, (i, j) in enumerate(PairSampler([s["language"] for s in seeds], seed=0).draw_many(n)):
         row = stage.request(k, instruction_1=seed_prompt(seeds[i]), instruction_2=seed_prompt(seeds[j]))

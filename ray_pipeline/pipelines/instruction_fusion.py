@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from ray_pipeline.cache import load_cache
 from ray_pipeline.config import InstructionFusionJob, SamplingConfig, VLLMTeacherConfig, job_to_dict
-from ray_pipeline.errors import FusionError, SeedError, TeacherError
+from ray_pipeline.errors import SeedError, TeacherError
 from ray_pipeline.executor import connect, run_stage
 from ray_pipeline.outputs import RunDir, config_hash, package_versions
 from ray_pipeline.pairing import PairSampler, is_cross_language
@@ -86,8 +86,8 @@ def _sampling_json(cfg: SamplingConfig, seed: int) -> str:
 
 
 @dataclass
-class _Stage:
-    """Everything needed to turn a template and values into teacher-stage rows."""
+class RequestBuilder:
+    """Turns a template and its values into teacher-stage rows (messages, sampling, cache key, cached answer)."""
 
     template: PromptTemplate
     sampling: SamplingConfig
@@ -175,8 +175,8 @@ class InstructionFusionRun:
             if cache:
                 log.info("resuming: %d teacher calls already in the cache", len(cache))
             model = teacher_model_name(stage_cfg)
-            fusion = _Stage(fusion_tpl, job.fusion.sampling, model, cache)
-            respond = _Stage(response_tpl, job.response.sampling, model, cache)
+            fusion = RequestBuilder(fusion_tpl, job.fusion.sampling, model, cache)
+            respond = RequestBuilder(response_tpl, job.response.sampling, model, cache)
             rows, tally, stop_reason = self._fuse(stage_cfg, fusion, seeds, sampler)
             self._respond(stage_cfg, respond, rows)
         table = _to_table(rows, fusion_tpl, response_tpl, model)
@@ -190,7 +190,7 @@ class InstructionFusionRun:
 
     # ---------------------------------------------------------------- fusion
     def _fuse(
-        self, stage_cfg: StageTeacherConfig, stage: _Stage, seeds: list[dict[str, str]], sampler: PairSampler
+        self, stage_cfg: StageTeacherConfig, builder: RequestBuilder, seeds: list[dict[str, str]], sampler: PairSampler
     ) -> tuple[list[dict[str, Any]], _Tally, str]:
         job = self.job
         target, budget = job.fusion.num_instructions, job.fusion.attempt_budget
@@ -223,7 +223,7 @@ class InstructionFusionRun:
                     "cross_language": is_cross_language(a["language"], b["language"]),
                 }
                 seed = _derived_seed(job.seed, "fusion", a["id"], b["id"])
-                row.update(stage.request(seed, instruction_1=seed_prompt(a), instruction_2=seed_prompt(b)))
+                row.update(builder.request(seed, instruction_1=seed_prompt(a), instruction_2=seed_prompt(b)))
                 requests.append(row)
             answered = self._run_teacher(stage_cfg, requests, "fusion")
             for row in sorted(answered, key=lambda r: r["attempt"]):
@@ -260,12 +260,12 @@ class InstructionFusionRun:
         return rows, tally, stop_reason
 
     # -------------------------------------------------------------- responses
-    def _respond(self, stage_cfg: StageTeacherConfig, stage: _Stage, rows: list[dict[str, Any]]) -> None:
+    def _respond(self, stage_cfg: StageTeacherConfig, builder: RequestBuilder, rows: list[dict[str, Any]]) -> None:
         chosen = [r for r in rows if r["selected"]]
         requests = []
         for row in chosen:
             seed = _derived_seed(self.job.seed, "response", row["instruction"])
-            requests.append({"attempt": row["attempt"], **stage.request(seed, instruction=row["instruction"])})
+            requests.append({"attempt": row["attempt"], **builder.request(seed, instruction=row["instruction"])})
         answered = {r["attempt"]: r for r in self._run_teacher(stage_cfg, requests, "response")}
         breaker = _Breaker(self.run.cache_dir)
         for attempt in sorted(answered):
@@ -494,4 +494,4 @@ def run_instruction_fusion(job: InstructionFusionJob, address: str | None = None
     return InstructionFusionRun(job, address=address, force=force).execute()
 
 
-__all__ = ["run_instruction_fusion", "InstructionFusionRun", "FusionError"]
+__all__ = ["run_instruction_fusion", "InstructionFusionRun", "RequestBuilder", "seed_prompt"]
