@@ -36,3 +36,20 @@ def test_writes_survive_without_close(tmp_path):
     assert load_cache(tmp_path)["k"].text == "x"
     os.close(w._fd)
     w._fd = None
+
+
+def test_atomic_write_keeps_the_old_file_on_error(tmp_path):
+    import pytest
+
+    from ray_pipeline.outputs import atomic_path, atomic_write_text
+
+    target = tmp_path / "out.txt"
+    atomic_write_text(target, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+    atomic_write_text(target, "new")
+    assert target.read_text() == "new"
