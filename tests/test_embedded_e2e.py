@@ -47,8 +47,17 @@ def wait_gone(pids: set[int], timeout: float = 30) -> set[int]:
     return pids & vllm_pids()
 
 
-def test_fusion_with_embedded_teacher(tmp_path, code_alpaca):
+def run_job(job: Path) -> tuple[Path, dict, list[dict]]:
+    """`fusion run` a job; check that it succeeded and that no vLLM process it started outlived it."""
     before = vllm_pids()
+    proc = fusion_cli("run", str(job), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert not wait_gone(vllm_pids() - before), "vLLM processes outlived the job"
+    run = job.parent / "run"
+    return run, json.loads((run / "manifest.json").read_text()), pq.read_table(run / "test.parquet").to_pylist()
+
+
+def test_fusion_with_embedded_teacher(tmp_path, code_alpaca):
     job = write_job(
         tmp_path,
         teacher="embedded",
@@ -56,13 +65,7 @@ def test_fusion_with_embedded_teacher(tmp_path, code_alpaca):
         fusion={"num_instructions": 6, "max_attempts": 30, "sampling": {"temperature": 0.7, "max_tokens": 96}},
         response={"sampling": {"temperature": 0.2, "max_tokens": 128}},
     )
-    proc = fusion_cli("run", str(job), timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert not wait_gone(vllm_pids() - before), "the embedded vLLM server outlived the job"
-
-    run = tmp_path / "run"
-    manifest = json.loads((run / "manifest.json").read_text())
-    rows = pq.read_table(run / "test.parquet").to_pylist()
+    run, manifest, rows = run_job(job)
     seeds = {s["id"]: s for s in load_seeds([SeedSource(path=str(CODE_ALPACA), limit=16)]).records}
     assert len(seeds) == 16
     assert manifest["teacher"] == {"kind": "embedded", "model": "gemma3-270m"}
@@ -87,13 +90,11 @@ def test_fusion_with_embedded_teacher(tmp_path, code_alpaca):
     assert len(read_jsonl(run / "sft_messages.jsonl")) == len(ok) == manifest["counts"]["sft_rows"] > 0
     assert (run / "logs" / "embedded-vllm.log").stat().st_size > 0
     # The same job again: everything from the cache, no new call, same rows.
-    again = fusion_cli("run", str(job), timeout=900)
-    assert again.returncode == 0, again.stderr[-4000:]
-    manifest2 = json.loads((run / "manifest.json").read_text())
+    _, manifest2, rows2 = run_job(job)
     assert manifest2["this_run"]["calls"] == 0
     assert manifest2["this_run"]["cache_hits"] == manifest["this_run"]["calls"]
-    rows2 = pq.read_table(run / "test.parquet", columns=["instruction", "response", "outcome"]).to_pylist()
-    assert rows2 == [{k: r[k] for k in ("instruction", "response", "outcome")} for r in rows]
+    stable = ("instruction", "response", "outcome", "parent_ids", "fusion_raw")
+    assert [{k: r[k] for k in stable} for r in rows2] == [{k: r[k] for k in stable} for r in rows]
 
 
 def test_ctrl_c_stops_the_embedded_server(tmp_path, code_alpaca):
@@ -135,13 +136,7 @@ def test_fusion_with_in_process_vllm_teacher(tmp_path, code_alpaca):
         fusion={"num_instructions": 4, "max_attempts": 16, "sampling": {"temperature": 0.7, "max_tokens": 64}},
         response={"sampling": {"temperature": 0.0, "max_tokens": 64}},
     )
-    before = vllm_pids()
-    proc = fusion_cli("run", str(job), timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert not wait_gone(vllm_pids() - before), "engine processes outlived the job"
-    run = tmp_path / "run"
-    manifest = json.loads((run / "manifest.json").read_text())
-    rows = pq.read_table(run / "test.parquet").to_pylist()
+    _, manifest, rows = run_job(job)
     assert manifest["teacher"] == {"kind": "vllm", "model": "gemma3-270m-local"}
     assert manifest["counts"]["fused"] == 4 and manifest["complete"]
     assert manifest["counts"]["fusion"]["api_error"] == 0

@@ -235,16 +235,24 @@ class TestEmbeddedTeacher:
     """One server for the class; the last test closes it and checks that nothing is left."""
 
     @pytest.fixture(scope="class")
-    def teacher(self, tmp_path_factory):
+    def served(self, tmp_path_factory):
+        """The server and the teacher the stages build for it: the product's own assembly."""
         _needs_engine()
         pytest.importorskip("aiohttp")  # the OpenAI client's transport
-        log = tmp_path_factory.mktemp("embedded") / "vllm.log"
-        teacher = embedded.EmbeddedTeacher(EmbeddedTeacherConfig(kv_cache_gib=1), log_path=log)
-        yield teacher
-        teacher.close()
+        from ray_pipeline.teachers.factory import build_teacher, embedded_stage_config
 
-    def test_answers_a_batch(self, teacher):
+        cfg = EmbeddedTeacherConfig(kv_cache_gib=1)
+        log = tmp_path_factory.mktemp("embedded") / "vllm.log"
+        server = embedded.EmbeddedServer(cfg, log_path=log).start()
+        teacher = build_teacher(embedded_stage_config(cfg, server))
+        yield server, teacher
+        teacher.close()
+        server.stop()
+
+    def test_answers_a_batch(self, served):
+        server, teacher = served
         assert teacher.model == "gemma3-270m"
+        server.check()
         teacher.check()
         requests = [
             ChatRequest.make(
@@ -264,18 +272,19 @@ class TestEmbeddedTeacher:
             assert 0 < result.completion_tokens <= 24
             assert result.finish_reason in ("stop", "length")
 
-    def test_close_leaves_no_process(self, teacher):
-        server = teacher.server
+    def test_close_leaves_no_process(self, served):
+        server, teacher = served
         supervisor = server.pid
         pids = server.process_ids()
         # supervisor, API server, engine core and its worker at least
         assert len(pids) >= 4, pids
         assert supervisor in pids
         teacher.close()
+        server.stop()
         assert embedded.alive(pids) == set()
         assert embedded.process_tree(supervisor, supervisor) == set()  # nothing in its group either
         assert not server.running()
-        teacher.close()  # idempotent
+        server.stop()  # idempotent
 
 
 _CHILD = textwrap.dedent(

@@ -2,9 +2,9 @@
 
 :class:`EmbeddedServer` converts the bundled GGUF once (see ``model_files``),
 starts vLLM's OpenAI-compatible server on ``127.0.0.1`` and waits until it
-answers ``/health``. :class:`EmbeddedTeacher` is that server plus an
-:class:`~ray_pipeline.teachers.openai_compat.OpenAICompatTeacher` pointed at it;
-the pipeline's stages only ever see the HTTP endpoint.
+answers ``/health``. ``factory.teacher_session`` starts it for a job and hands
+the stages an OpenAI-compatible config pointed at it
+(``factory.embedded_stage_config``): the stages only ever see the HTTP endpoint.
 
 No process may outlive its owner. The server runs under a small supervisor
 process (``_supervise`` below) in a session and process group of its own:
@@ -45,7 +45,6 @@ from typing import Any, Sequence
 
 from ray_pipeline.config import EmbeddedTeacherConfig
 from ray_pipeline.errors import TeacherError
-from ray_pipeline.teachers.base import ChatRequest, ChatResult, ResultCallback, Teacher
 from ray_pipeline.teachers.model_files import (
     EMBEDDED_MODEL_NAME,
     chat_template_path,
@@ -540,53 +539,3 @@ class EmbeddedServer:
         self._known = set()
         if left:
             raise TeacherError(f"embedded vLLM server processes {sorted(left)} survived SIGKILL")
-
-
-# ---------------------------------------------------------------- teacher
-class EmbeddedTeacher(Teacher):
-    """The bundled Gemma 3 270M: an :class:`EmbeddedServer` used through ``OpenAICompatTeacher``."""
-
-    model = SERVED_MODEL_NAME
-
-    def __init__(
-        self,
-        config: EmbeddedTeacherConfig | None = None,
-        log_path: str | os.PathLike[str] | None = None,
-        *,
-        enforce_eager: bool = True,
-    ):
-        from ray_pipeline.teachers.openai_compat import OpenAICompatTeacher
-
-        self.config = config or EmbeddedTeacherConfig()
-        self.server = EmbeddedServer(self.config, log_path, enforce_eager=enforce_eager).start()
-        try:
-            self.client = OpenAICompatTeacher.for_endpoint(
-                base_url=self.server.base_url,
-                model=self.server.model,
-                api_key="EMPTY",
-                concurrency=self.config.concurrency,
-                timeout_s=self.config.timeout_s,
-                max_retries=self.config.max_retries,
-            )
-        except BaseException:
-            self.server.stop()
-            raise
-
-    def generate(
-        self, requests: Sequence[ChatRequest], on_result: ResultCallback | None = None
-    ) -> list[ChatResult]:
-        return self.client.generate(requests, on_result)
-
-    def check(self) -> None:
-        self.server.check()
-        self.client.check()
-
-    @property
-    def usage(self) -> dict[str, Any]:
-        return self.client.usage
-
-    def close(self) -> None:
-        try:
-            self.client.close()
-        finally:
-            self.server.stop()

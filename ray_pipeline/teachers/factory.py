@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Union
+from typing import TYPE_CHECKING, Iterator, Union
 
 from ray_pipeline.config import EmbeddedTeacherConfig, OpenAITeacherConfig, VLLMTeacherConfig
-from ray_pipeline.errors import ConfigError, TeacherError
+from ray_pipeline.errors import ConfigError
 from ray_pipeline.teachers.base import Teacher
+
+if TYPE_CHECKING:
+    from ray_pipeline.teachers.embedded import EmbeddedServer
 
 StageTeacherConfig = Union[OpenAITeacherConfig, VLLMTeacherConfig]
 
@@ -22,7 +25,9 @@ StageTeacherConfig = Union[OpenAITeacherConfig, VLLMTeacherConfig]
 def teacher_model_name(cfg: StageTeacherConfig) -> str:
     """The model name recorded in lineage and in cache keys."""
     if isinstance(cfg, VLLMTeacherConfig):
-        return cfg.served_model_name or Path(cfg.model.rstrip("/")).name
+        from ray_pipeline.teachers.vllm_offline import model_name
+
+        return model_name(cfg)
     return cfg.model
 
 
@@ -54,16 +59,21 @@ def preflight(cfg: StageTeacherConfig) -> None:
         finally:
             teacher.close()
     elif isinstance(cfg, VLLMTeacherConfig):
-        model = Path(cfg.model)
-        looks_local = cfg.model.startswith((".", "/", "~"))
-        if looks_local and not model.expanduser().exists():
-            raise TeacherError(f"vllm teacher: model path {cfg.model} not found")
-        if cfg.chat_template and not Path(cfg.chat_template).is_file():
-            raise TeacherError(f"vllm teacher: chat template {cfg.chat_template} not found")
-        try:
-            import vllm  # noqa: F401
-        except ImportError:
-            raise TeacherError("vllm teacher: vLLM is not installed (pip install '.[gpu]' or '.[cpu]')") from None
+        from ray_pipeline.teachers.vllm_offline import check_config
+
+        check_config(cfg)
+
+
+def embedded_stage_config(cfg: EmbeddedTeacherConfig, server: "EmbeddedServer") -> OpenAITeacherConfig:
+    """How stages talk to a running embedded server: the OpenAI-compatible HTTP teacher."""
+    return OpenAITeacherConfig(
+        model=server.model,
+        base_url=server.base_url,
+        api_key="EMPTY",
+        concurrency=cfg.concurrency,
+        timeout_s=cfg.timeout_s,
+        max_retries=cfg.max_retries,
+    )
 
 
 @contextmanager
@@ -73,14 +83,7 @@ def teacher_session(cfg: object, log_dir: Path) -> Iterator[StageTeacherConfig]:
         from ray_pipeline.teachers.embedded import EmbeddedServer
 
         with EmbeddedServer(cfg, log_path=log_dir / "embedded-vllm.log") as server:
-            stage_cfg = OpenAITeacherConfig(
-                model=server.model,
-                base_url=server.base_url,
-                api_key="EMPTY",
-                concurrency=cfg.concurrency,
-                timeout_s=cfg.timeout_s,
-                max_retries=cfg.max_retries,
-            )
+            stage_cfg = embedded_stage_config(cfg, server)
             preflight(stage_cfg)
             yield stage_cfg
         return

@@ -32,16 +32,33 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}"[:500]
 
 
+def model_name(config: VLLMTeacherConfig) -> str:
+    """The name recorded in lineage and cache keys: ``served_model_name``, else the model directory's name."""
+    return config.served_model_name or Path(config.model.rstrip("/")).name
+
+
+def check_config(config: VLLMTeacherConfig) -> None:
+    """Fail with one line, before any engine starts: vLLM missing, model or chat template not found."""
+    looks_local = config.model.startswith((".", "/", "~"))
+    if looks_local and not Path(config.model).expanduser().exists():
+        raise TeacherError(f"vllm teacher: model path {config.model} not found")
+    if config.chat_template and not Path(config.chat_template).expanduser().is_file():
+        raise TeacherError(f"vllm teacher: chat template {config.chat_template} not found")
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        raise TeacherError("vllm teacher: vLLM is not installed (pip install '.[gpu]' or '.[cpu]')") from None
+
+
 class VLLMOfflineTeacher(Teacher):
     """Chat completions from an in-process ``vllm.LLM``."""
 
     def __init__(self, config: VLLMTeacherConfig):
+        check_config(config)
+        import vllm
+
         self.config = config
-        self.model = config.served_model_name or Path(config.model.rstrip("/")).name
-        try:
-            import vllm
-        except ImportError:
-            raise TeacherError("vllm teacher: vLLM is not installed (pip install '.[gpu]' or '.[cpu]')") from None
+        self.model = model_name(config)
         self._vllm = vllm
         try:
             from vllm.exceptions import VLLMClientError as client_error
@@ -69,10 +86,7 @@ class VLLMOfflineTeacher(Teacher):
         if cfg.served_model_name:
             kwargs["served_model_name"] = cfg.served_model_name
         if cfg.chat_template:
-            path = Path(cfg.chat_template).expanduser()
-            if not path.is_file():
-                raise TeacherError(f"vllm teacher: chat template {cfg.chat_template} not found")
-            kwargs["chat_template"] = str(path)
+            kwargs["chat_template"] = str(Path(cfg.chat_template).expanduser())
         if self._on_cpu():
             self._cpu_environment()
             # On CPU, gpu_memory_utilization is a share of the NUMA node's RAM,
