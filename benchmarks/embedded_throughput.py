@@ -35,7 +35,8 @@ BUNDLED_SEEDS = REPO / "ray_pipeline/data/seeds/quickstart.jsonl"
 def fusion_rows(n: int, max_tokens: int, model: str) -> list[dict]:
     from ray_pipeline.config import SamplingConfig, SeedSource
     from ray_pipeline.pairing import PairSampler
-    from ray_pipeline.pipelines.instruction_fusion import RequestBuilder, seed_prompt
+    from ray_pipeline.pipelines.instruction_fusion import seed_prompt
+    from ray_pipeline.pipelines.teacher_calls import RequestBuilder
     from ray_pipeline.prompts import load_template
     from ray_pipeline.seeds import load_seeds
 

@@ -2,6 +2,7 @@
 
     fusion run JOB.yaml [--address ADDR] [--output-dir DIR] [--force]
     fusion validate JOB.yaml
+    fusion report RUN_DIR [--out DIR]
 
 A user error prints one line, ``fusion: error: <cause>``, and exits 2. A run
 that stops before its target (attempt budget spent) keeps what it made, says
@@ -32,7 +33,7 @@ log = logging.getLogger("ray_pipeline")
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fusion",
-        description="Instruction-evolution data engine: Instruction Fusion on Ray with API or local vLLM teachers.",
+        description="Instruction-evolution data engine: Instruction Fusion and TaCIE on Ray with API or local vLLM teachers.",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -49,7 +50,24 @@ def _parser() -> argparse.ArgumentParser:
                          description="Validate a job file and read its seed pools; start nothing.")
     val.add_argument("job", help="job file (YAML)")
     val.set_defaults(func=_cmd_validate)
+
+    rep = sub.add_parser("report", help="write the HTML report of a TaCIE run directory",
+                         description="Write RUN_DIR/report/index.html with PNG plots: seeds vs evolved, "
+                                     "uncertainty, domains, diversity and success rates per round.")
+    rep.add_argument("run_dir", help="run directory of a finished TaCIE job")
+    rep.add_argument("--out", help="report directory (default RUN_DIR/report)")
+    rep.set_defaults(func=_cmd_report)
     return p
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ray_pipeline.report import write_report
+
+    index = write_report(Path(args.run_dir), Path(args.out) if args.out else None)
+    print(f"report: {index}")
+    return 0
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -70,6 +88,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         manifest = run_instruction_fusion(job, address=args.address, force=args.force)
         return _report(manifest, job.run_dir())
+    if job.kind == "tacie":
+        from ray_pipeline.pipelines.tacie import run_tacie
+
+        manifest = run_tacie(job, address=args.address, force=args.force)
+        return _report_tacie(manifest, job.run_dir())
     raise FusionError(f"job kind {job.kind!r} is not supported by this version")
 
 
@@ -91,6 +114,25 @@ def _report(manifest: dict[str, Any], run_dir: Any) -> int:
             file=sys.stderr,
         )
         return EXIT_INCOMPLETE
+    return 0
+
+
+def _report_tacie(manifest: dict[str, Any], run_dir: Any) -> int:
+    counts, div = manifest["counts"], manifest["diversity"]
+
+    def fmt(u: Any) -> str:
+        return "n/a" if u is None else f"{u:.5f}"
+
+    print(
+        f"{manifest['job']}: {counts['kept']} SFT rows kept of {counts['answered']} answered items "
+        f"({', '.join(f'{k} {v}' for k, v in counts['by_operation'].items())}) after "
+        f"{manifest['rounds_completed']}/{manifest['rounds_requested']} rounds; diversity U seeds {fmt(div['seeds'])}, "
+        f"evolved {fmt(div['evolved'])}; {manifest['tokens']['prompt']}+{manifest['tokens']['completion']} tokens, "
+        f"${manifest['cost_usd']:.4f}, {manifest['wall_time_s']:.1f}s -> {run_dir} "
+        f"(fusion report {run_dir} for the HTML report)"
+    )
+    if not manifest["complete"]:
+        print("fusion: the rounds stopped early: no instruction was left to evolve", file=sys.stderr)
     return 0
 
 

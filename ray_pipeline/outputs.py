@@ -97,6 +97,8 @@ def config_hash(config: dict[str, Any]) -> str:
                      "startup_timeout_s", "price", "cache_dir", "kv_cache_gib"):
         teacher.pop(volatile, None)
     relevant["teacher"] = teacher
+    if isinstance(relevant.get("evolution"), dict):  # more rounds continue a finished run
+        relevant["evolution"] = {k: v for k, v in relevant["evolution"].items() if k != "rounds"}
     blob = json.dumps(relevant, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

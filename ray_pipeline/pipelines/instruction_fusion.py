@@ -19,7 +19,6 @@ teacher only for what it had not done.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import time
@@ -31,17 +30,17 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from ray_pipeline.cache import load_cache
-from ray_pipeline.config import InstructionFusionJob, SamplingConfig, VLLMTeacherConfig, job_to_dict
-from ray_pipeline.errors import SeedError, TeacherError
-from ray_pipeline.executor import connect, run_stage
+from ray_pipeline.config import InstructionFusionJob, job_to_dict
+from ray_pipeline.errors import SeedError
+from ray_pipeline.executor import connect
 from ray_pipeline.outputs import RunDir, config_hash, package_versions
 from ray_pipeline.pairing import PairSampler, is_cross_language
 from ray_pipeline.parsing import OUTCOMES, parse_fusion, parse_response
+from ray_pipeline.pipelines.teacher_calls import DEAD_TEACHER_STREAK, RequestBuilder, TeacherCalls, derived_seed
 from ray_pipeline.prompts import PromptTemplate, load_template
 from ray_pipeline.seeds import load_seeds
-from ray_pipeline.stages.teacher_stage import RESULT_FIELDS, TeacherStage, request_from_row
-from ray_pipeline.teachers.base import ChatResult
-from ray_pipeline.teachers.factory import StageTeacherConfig, stage_resources, teacher_model_name, teacher_session
+from ray_pipeline.stages.teacher_stage import RESULT_FIELDS
+from ray_pipeline.teachers.factory import teacher_model_name, teacher_session
 from ray_pipeline.teachers.pricing import cost_usd, price_for
 
 log = logging.getLogger(__name__)
@@ -51,60 +50,13 @@ log = logging.getLogger(__name__)
 # a bounded round size.
 _PRIOR_PASS_RATE = 0.8
 _MIN_PASS_RATE = 0.1
-# This many teacher calls failing in a row (after their retries) means the
-# teacher is down, not that some prompts are bad: stop instead of spending the
-# seed pairs, and let a rerun resume from the cache.
-DEAD_TEACHER_STREAK = 16
-# Default rows per batch when the job does not set one: enough to keep every
-# in-flight slot of an HTTP teacher busy, and a large batch for an engine.
-_VLLM_BATCH = 64
-
-
-def _derived_seed(*parts: object) -> int:
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:4], "big")
 
 
 def seed_prompt(seed: dict[str, str]) -> str:
-    """The text a seed contributes to a fusion: its instruction, and its input when it has one."""
+    """The text a seed contributes to a prompt: its instruction, and its input when it has one."""
     if seed["input"]:
         return f"{seed['instruction']}\n\n{seed['input']}"
     return seed["instruction"]
-
-
-def _sampling_json(cfg: SamplingConfig, seed: int) -> str:
-    return json.dumps(
-        {
-            "temperature": cfg.temperature,
-            "top_p": cfg.top_p,
-            "max_tokens": cfg.max_tokens,
-            "seed": seed,
-            "stop": list(cfg.stop),
-        },
-        sort_keys=True,
-    )
-
-
-@dataclass
-class RequestBuilder:
-    """Turns a template and its values into teacher-stage rows (messages, sampling, cache key, cached answer)."""
-
-    template: PromptTemplate
-    sampling: SamplingConfig
-    model: str
-    cache: dict[str, ChatResult]
-
-    def request(self, seed: int, **values: str) -> dict[str, Any]:
-        messages = json.dumps(self.template.render(**values), ensure_ascii=False)
-        sampling = _sampling_json(self.sampling, seed)
-        key = request_from_row(messages, sampling).cache_key(self.model)
-        hit = self.cache.get(key)
-        return {
-            "messages": messages,
-            "sampling": sampling,
-            "cache_key": key,
-            "cached": json.dumps(hit.to_json()) if hit is not None else "",
-        }
 
 
 @dataclass
@@ -123,22 +75,6 @@ class _Tally:
     @property
     def pass_rate(self) -> float:
         return self.ok / self.attempts if self.attempts else _PRIOR_PASS_RATE
-
-
-class _Breaker:
-    """Counts teacher calls failing in a row; trips at DEAD_TEACHER_STREAK."""
-
-    def __init__(self, cache_dir: object):
-        self.cache_dir = cache_dir
-        self.streak = 0
-
-    def observe(self, error: str) -> None:
-        self.streak = self.streak + 1 if error else 0
-        if self.streak >= DEAD_TEACHER_STREAK:
-            raise TeacherError(
-                f"the teacher failed {self.streak} calls in a row (last: {error}); finished calls are cached "
-                f"in {self.cache_dir}: fix the teacher and run the same command again to resume"
-            )
 
 
 class InstructionFusionRun:
@@ -177,8 +113,9 @@ class InstructionFusionRun:
             model = teacher_model_name(stage_cfg)
             fusion = RequestBuilder(fusion_tpl, job.fusion.sampling, model, cache)
             respond = RequestBuilder(response_tpl, job.response.sampling, model, cache)
-            rows, tally, stop_reason = self._fuse(stage_cfg, fusion, seeds, sampler)
-            self._respond(stage_cfg, respond, rows)
+            calls = TeacherCalls(stage_cfg, job.ray, self.run.cache_dir)
+            rows, tally, stop_reason = self._fuse(calls, fusion, seeds, sampler)
+            self._respond(calls, respond, rows)
         table = _to_table(rows, fusion_tpl, response_tpl, model)
         sft = [r for r in rows if r["outcome"] == "ok"]
         self.run.write_table(job.name, table)
@@ -190,7 +127,7 @@ class InstructionFusionRun:
 
     # ---------------------------------------------------------------- fusion
     def _fuse(
-        self, stage_cfg: StageTeacherConfig, builder: RequestBuilder, seeds: list[dict[str, str]], sampler: PairSampler
+        self, calls: TeacherCalls, builder: RequestBuilder, seeds: list[dict[str, str]], sampler: PairSampler
     ) -> tuple[list[dict[str, Any]], _Tally, str]:
         job = self.job
         target, budget = job.fusion.num_instructions, job.fusion.attempt_budget
@@ -201,7 +138,6 @@ class InstructionFusionRun:
         bar = tqdm(total=target, desc="fused instructions", unit="instr", dynamic_ncols=True)
         round_no = 0
         by_id = {s["id"]: s for s in seeds}
-        breaker = _Breaker(self.run.cache_dir)
         while selected < target:
             if tally.attempts >= budget:
                 stop_reason = "budget"
@@ -222,12 +158,11 @@ class InstructionFusionRun:
                     "parent_b": b["id"],
                     "cross_language": is_cross_language(a["language"], b["language"]),
                 }
-                seed = _derived_seed(job.seed, "fusion", a["id"], b["id"])
+                seed = derived_seed(job.seed, "fusion", a["id"], b["id"])
                 row.update(builder.request(seed, instruction_1=seed_prompt(a), instruction_2=seed_prompt(b)))
                 requests.append(row)
-            answered = self._run_teacher(stage_cfg, requests, "fusion")
+            answered = calls.run(requests, "fusion", order_key="attempt")
             for row in sorted(answered, key=lambda r: r["attempt"]):
-                breaker.observe(row["fusion_error"])
                 parents = (seed_prompt(by_id[row["parent_a"]]), seed_prompt(by_id[row["parent_b"]]))
                 if row["fusion_error"]:
                     outcome, text, reason = "api_error", "", row["fusion_error"]
@@ -260,16 +195,13 @@ class InstructionFusionRun:
         return rows, tally, stop_reason
 
     # -------------------------------------------------------------- responses
-    def _respond(self, stage_cfg: StageTeacherConfig, builder: RequestBuilder, rows: list[dict[str, Any]]) -> None:
+    def _respond(self, calls: TeacherCalls, builder: RequestBuilder, rows: list[dict[str, Any]]) -> None:
         chosen = [r for r in rows if r["selected"]]
         requests = []
         for row in chosen:
-            seed = _derived_seed(self.job.seed, "response", row["instruction"])
+            seed = derived_seed(self.job.seed, "response", row["instruction"])
             requests.append({"attempt": row["attempt"], **builder.request(seed, instruction=row["instruction"])})
-        answered = {r["attempt"]: r for r in self._run_teacher(stage_cfg, requests, "response")}
-        breaker = _Breaker(self.run.cache_dir)
-        for attempt in sorted(answered):
-            breaker.observe(answered[attempt]["response_error"])
+        answered = {r["attempt"]: r for r in calls.run(requests, "response", order_key="attempt")}
         for row in rows:
             got = answered.get(row["attempt"])
             if got is None:  # not selected: a failed fusion, or a valid one beyond M
@@ -287,18 +219,6 @@ class InstructionFusionRun:
                 parsed = parse_response(got["response_text"])
                 row["response_outcome"], row["response"] = parsed.outcome, parsed.text
             row["outcome"] = row["response_outcome"]
-
-    def _run_teacher(self, stage_cfg: StageTeacherConfig, requests: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
-        ray_cfg = self.job.ray
-        default_batch = _VLLM_BATCH if isinstance(stage_cfg, VLLMTeacherConfig) else getattr(stage_cfg, "concurrency", 16)
-        return run_stage(
-            requests,
-            TeacherStage,
-            {"teacher_cfg": stage_cfg, "cache_dir": str(self.run.cache_dir), "prefix": prefix},
-            batch_size=ray_cfg.batch_size or default_batch,
-            num_actors=ray_cfg.num_actors,
-            resources=stage_resources(stage_cfg, ray_cfg.num_cpus_per_actor),
-        )
 
     # --------------------------------------------------------------- manifest
     def _manifest(self, config, pool, rows, tally, stop_reason, stage_cfg, cluster, t0) -> dict[str, Any]:
@@ -494,4 +414,4 @@ def run_instruction_fusion(job: InstructionFusionJob, address: str | None = None
     return InstructionFusionRun(job, address=address, force=force).execute()
 
 
-__all__ = ["run_instruction_fusion", "InstructionFusionRun", "RequestBuilder", "seed_prompt"]
+__all__ = ["run_instruction_fusion", "InstructionFusionRun", "RequestBuilder", "seed_prompt", "DEAD_TEACHER_STREAK"]

@@ -1,0 +1,675 @@
+"""TaCIE (Yang et al., 2024): task-centred, multi-round instruction evolution.
+
+Round 0, seed collection:
+  1. read the seed pools (``seeds.load_seeds``) and embed every seed (``embeddings``);
+  2. per source, k-means with k from the elbow method, one seed per cluster (``clustering``);
+  3. diversification: the teacher writes new instructions with other objectives for each chosen seed;
+  4. decomposition of every item into background / objectives / constraints (``decomposition``);
+  5. a response per item (teacher), and its uncertainty under the scorer LM (``stages.scorer_stage``).
+Rounds t = 1..T, evolution (``evolution_sampling``):
+  6. depth evolution of items drawn with p_i proportional to u_i (eq. 4): one constraint, or one
+     background fact for a reasoning (math) task; task fusion of pairs drawn with eq. 5-6 by
+     Algorithm 1, half in-domain and half cross-domain;
+  7. parse each rewritten prompt with its sections, answer it, score it, embed it;
+  8. C(t+1) = C(t) + D(t) + F(t); fusion counts updated (eq. 7); an instruction over the token
+     limit stops evolving. The pool is checkpointed after every round; a rerun resumes at the
+     round it stopped in (teacher calls inside a round come back from the call cache).
+Finally: decontamination against benchmark prompts and near-duplicate removal (``filters``),
+diversity U per round and seeds vs evolved (``diversity``), and the run directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections import Counter
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ray_pipeline.cache import load_cache
+from ray_pipeline.clustering import pick_per_source
+from ray_pipeline.config import TaCIEJob, job_to_dict
+from ray_pipeline.decomposition import Components, format_components, parse_decomposition, parse_diversified, parse_evolution
+from ray_pipeline.diversity import diversity_u
+from ray_pipeline.embeddings import embed_texts
+from ray_pipeline.errors import FusionError, SeedError
+from ray_pipeline.evolution_sampling import EvolvableItem, sample_depth, sample_fusion_pairs
+from ray_pipeline.executor import connect, run_stage
+from ray_pipeline.filters import Decontaminator, load_benchmark_prompts, near_duplicates
+from ray_pipeline.outputs import RunDir, atomic_write_json, atomic_write_parquet, config_hash, package_versions
+from ray_pipeline.parsing import parse_response
+from ray_pipeline.pipelines.instruction_fusion import seed_prompt
+from ray_pipeline.pipelines.teacher_calls import RequestBuilder, TeacherCalls, derived_seed
+from ray_pipeline.prompts import load_template
+from ray_pipeline.scorers.base import resolve_model
+from ray_pipeline.seeds import load_seeds
+from ray_pipeline.stages.scorer_stage import ScorerStage, scorer_resources
+from ray_pipeline.teachers.factory import teacher_model_name, teacher_session
+from ray_pipeline.teachers.pricing import cost_usd, price_for
+
+log = logging.getLogger(__name__)
+
+#: operations, in the order the report lists them
+OPERATIONS = (
+    "diversify",
+    "decompose",
+    "depth_constraint",
+    "depth_background",
+    "fusion_in_domain",
+    "fusion_cross_domain",
+    "response",
+)
+_ATTEMPT_OUTCOMES = ("ok", "invalid", "parse_error", "api_error")
+# Rows per scorer map_batches call: each row is 1 + N_U sequences.
+_SCORER_ROWS_PER_BATCH = 16
+
+ITEM_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("round", pa.int64()),
+        ("operation", pa.string()),
+        ("parent_ids", pa.list_(pa.string())),
+        ("source", pa.string()),
+        ("domain", pa.string()),
+        ("root_domain", pa.string()),
+        ("language", pa.string()),
+        ("instruction", pa.string()),
+        ("response", pa.string()),
+        ("background", pa.list_(pa.string())),
+        ("objectives", pa.list_(pa.string())),
+        ("constraints", pa.list_(pa.string())),
+        ("decomposition_outcome", pa.string()),
+        ("q", pa.float64()),
+        ("uncertainty", pa.float64()),
+        ("instruction_tokens", pa.int64()),
+        ("n_fusions", pa.int64()),
+        ("evolvable", pa.bool_()),
+        ("status", pa.string()),
+        ("embedding", pa.list_(pa.float32())),
+        ("kept", pa.bool_()),
+        ("removed_reason", pa.string()),
+        ("teacher_model", pa.string()),
+        ("template", pa.string()),
+        ("template_sha256", pa.string()),
+    ]
+)
+
+ATTEMPT_SCHEMA = pa.schema(
+    [
+        ("round", pa.int64()),
+        ("operation", pa.string()),
+        ("item_id", pa.string()),
+        ("parent_ids", pa.list_(pa.string())),
+        ("outcome", pa.string()),
+        ("reason", pa.string()),
+        ("raw", pa.string()),
+        ("cache_key", pa.string()),
+        ("cached", pa.bool_()),
+        ("prompt_tokens", pa.int64()),
+        ("completion_tokens", pa.int64()),
+        ("latency_s", pa.float64()),
+        ("node", pa.string()),
+    ]
+)
+
+
+def _item_id(*parts: object) -> str:
+    return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:16]
+
+
+def _new_item(**fields: Any) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "parent_ids": [],
+        "response": "",
+        "background": [],
+        "objectives": [],
+        "constraints": [],
+        "decomposition_outcome": "",
+        "q": float("nan"),
+        "uncertainty": float("nan"),
+        "instruction_tokens": 0,
+        "n_fusions": 0,
+        "evolvable": False,
+        "status": "new",
+        "embedding": None,
+        "kept": True,
+        "removed_reason": "",
+        "template": "",
+        "template_sha256": "",
+    }
+    item.update(fields)
+    return item
+
+
+def _components(item: dict[str, Any]) -> Components:
+    return Components(tuple(item["background"]), tuple(item["objectives"]), tuple(item["constraints"]))
+
+
+class _Checkpoint:
+    """``checkpoints/`` of a run: the pool and attempts after each finished round, and a state file naming the last.
+
+    The round's Parquet files are written first and ``state.json`` last (each atomically), so a crash
+    between them leaves the previous state pointing at the previous, complete round.
+    """
+
+    def __init__(self, run: RunDir):
+        self.dir = run.path / "checkpoints"
+        self.state_path = self.dir / "state.json"
+
+    def save(self, round_no: int, items: list[dict[str, Any]], attempts: list[dict[str, Any]], state: dict[str, Any]) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_parquet(self.dir / f"round-{round_no:02d}.items.parquet", _items_table(items))
+        atomic_write_parquet(self.dir / f"round-{round_no:02d}.attempts.parquet", pa.Table.from_pylist(attempts, schema=ATTEMPT_SCHEMA))
+        atomic_write_json(self.state_path, {"round": round_no, **state})
+
+    def load(self) -> tuple[int, list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]] | None:
+        if not self.state_path.is_file():
+            return None
+        try:
+            state = json.loads(self.state_path.read_text(encoding="utf-8"))
+            round_no = int(state.pop("round"))
+            items = pq.read_table(self.dir / f"round-{round_no:02d}.items.parquet").to_pylist()
+            attempts = pq.read_table(self.dir / f"round-{round_no:02d}.attempts.parquet").to_pylist()
+        except (OSError, ValueError, KeyError, pa.ArrowException) as err:
+            raise FusionError(f"{self.dir}: checkpoint unreadable ({err}); move it away to start the rounds again") from None
+        for item in items:
+            item["embedding"] = np.asarray(item["embedding"], dtype=np.float32) if item["embedding"] else None
+        return round_no, items, attempts, state
+
+
+class TaCIERun:
+    def __init__(self, job: TaCIEJob, address: str | None = None, force: bool = False):
+        self.job = job
+        self.address = address
+        self.force = force
+        self.run = RunDir(job.run_dir())
+        self.checkpoint = _Checkpoint(self.run)
+        self.attempts: list[dict[str, Any]] = []
+        self.round_metrics: list[dict[str, Any]] = []
+        self.used_pairs: set[tuple[str, str]] = set()
+        self.collection: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ main
+    def execute(self) -> dict[str, Any]:
+        t0 = time.monotonic()
+        job = self.job
+        config = job_to_dict(job)
+        self.run.check_compatible(config, self.force)
+        ev = job.evolution
+        self.templates = {
+            "diversify": load_template(job.collection.template),
+            "decompose": load_template(job.decomposition.template),
+            "depth_constraint": load_template(ev.depth_constraint_template),
+            "depth_background": load_template(ev.depth_background_template),
+            "fusion": load_template(ev.fusion_template),
+            "response": load_template(job.response.template),
+        }
+        pool = load_seeds(job.seeds)
+        if not pool.records:
+            raise SeedError("the seed pool is empty")
+        decontaminator = Decontaminator(
+            {b.name: load_benchmark_prompts(b) for b in job.filters.decontaminate}, job.filters.ngram
+        )
+        self.scorer_model = resolve_model(job.scorer)[0]
+
+        cluster = connect(self.address or job.ray.address)
+        with teacher_session(job.teacher, self.run.log_dir) as stage_cfg:
+            self.run.start(config)
+            cache = load_cache(self.run.cache_dir)
+            if cache:
+                log.info("resuming: %d teacher calls already in the cache", len(cache))
+            self.model = teacher_model_name(stage_cfg)
+            self.builders = {
+                "diversify": RequestBuilder(self.templates["diversify"], job.collection.sampling, self.model, cache),
+                "decompose": RequestBuilder(self.templates["decompose"], job.decomposition.sampling, self.model, cache),
+                "depth_constraint": RequestBuilder(self.templates["depth_constraint"], ev.sampling, self.model, cache),
+                "depth_background": RequestBuilder(self.templates["depth_background"], ev.sampling, self.model, cache),
+                "fusion": RequestBuilder(self.templates["fusion"], ev.sampling, self.model, cache),
+                "response": RequestBuilder(self.templates["response"], job.response.sampling, self.model, cache),
+            }
+            self.calls = TeacherCalls(stage_cfg, job.ray, self.run.cache_dir)
+            items, done = self._restore()
+            if done < 0:
+                items = self._collect(pool.records)
+                self._finish_round(0, items)
+                done = 0
+            for t in range(done + 1, ev.rounds + 1):
+                if not any(it["evolvable"] for it in items):
+                    log.warning("round %d: no evolvable item left; stopping the rounds early", t)
+                    break
+                items = self._evolve(t, items)
+                self._finish_round(t, items)
+        filters = self._filter(items, decontaminator)
+        return self._write(config, pool, items, filters, cluster, t0)
+
+    def _restore(self) -> tuple[list[dict[str, Any]], int]:
+        loaded = self.checkpoint.load()
+        if loaded is None:
+            return [], -1
+        done, items, self.attempts, state = loaded
+        self.round_metrics = state["rounds"][: done + 1]
+        self.used_pairs = {tuple(p) for p in state["used_pairs"]}
+        self.collection = state.get("collection", {})
+        log.info("resuming after round %d: %d items in the pool", done, len(items))
+        return items, done
+
+    def _finish_round(self, t: int, items: list[dict[str, Any]]) -> None:
+        self.round_metrics = self.round_metrics[:t] + [self._round_metrics(t, items)]
+        m = self.round_metrics[-1]
+        log.info(
+            "round %d: pool %d (+%s), diversity U %.5f, success %s",
+            t, m["pool_size"], m["added"], m["diversity_u"] if m["diversity_u"] == m["diversity_u"] else float("nan"),
+            {k: round(v, 2) for k, v in m["success_rate"].items() if v is not None},
+        )
+        state = {
+            "rounds": self.round_metrics,
+            "used_pairs": sorted(list(p) for p in self.used_pairs),
+            "collection": self.collection,
+        }
+        self.checkpoint.save(t, items, self.attempts, state)
+
+    # ------------------------------------------------------ round 0: seeds
+    def _collect(self, seeds: list[dict[str, str]]) -> list[dict[str, Any]]:
+        job = self.job
+        texts = [seed_prompt(s) for s in seeds]
+        X = embed_texts(texts, job.embedding)
+        if job.collection.cluster:
+            results = pick_per_source(X, [s["source"] for s in seeds], job.collection.k_min, job.collection.k_max, job.seed)
+            chosen = sorted(i for r in results.values() for i in r.chosen)
+            self.collection = {
+                src: {"seeds": int(np.sum([s["source"] == src for s in seeds])), "k": int(r.k), "chosen": len(r.chosen),
+                      "inertias": {str(k): float(v) for k, v in r.inertias.items()}}
+                for src, r in results.items()
+            }
+        else:
+            chosen = list(range(len(seeds)))
+            self.collection = {"cluster": False, "chosen": len(chosen)}
+        log.info("seed collection: %d of %d seeds chosen (%s)", len(chosen), len(seeds), self.collection)
+        items = [
+            _new_item(
+                id=seeds[i]["id"], round=0, operation="seed", source=seeds[i]["source"], domain=seeds[i]["domain"],
+                root_domain=seeds[i]["domain"], language=seeds[i]["language"], instruction=texts[i], embedding=X[i],
+            )
+            for i in chosen
+        ]
+        items += self._diversify(items)
+        self._decompose(items)
+        self._complete(0, items)
+        return items
+
+    def _diversify(self, seeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        n = self.job.collection.diversify
+        if n == 0:
+            return []
+        builder = self.builders["diversify"]
+        requests = []
+        for k, seed in enumerate(seeds):
+            row = {"k": k, **builder.request(derived_seed(self.job.seed, "diversify", seed["id"]),
+                                            instruction=seed["instruction"], n=str(n))}
+            requests.append(row)
+        new: list[dict[str, Any]] = []
+        for row in self.calls.run(requests, "diversify", order_key="k"):
+            seed = seeds[row["k"]]
+            if row["diversify_error"]:
+                outcome, reason, texts = "api_error", row["diversify_error"], []
+            else:
+                texts, dropped = parse_diversified(row["diversify_text"], seed["instruction"])
+                texts = texts[:n]
+                outcome = "ok" if texts else "parse_error"
+                reason = "; ".join(dropped)[:500] if not texts else ""
+            self._attempt(0, "diversify", "", [seed["id"]], outcome, reason, row, "diversify")
+            for j, text in enumerate(texts):
+                new.append(
+                    _new_item(
+                        id=_item_id("diversify", seed["id"], j, text), round=0, operation="diversify",
+                        parent_ids=[seed["id"]], source=seed["source"], domain=seed["domain"],
+                        root_domain=seed["root_domain"], language=seed["language"], instruction=text,
+                        template=self.templates["diversify"].ref, template_sha256=self.templates["diversify"].sha256,
+                    )
+                )
+        return new
+
+    def _decompose(self, items: list[dict[str, Any]]) -> None:
+        builder = self.builders["decompose"]
+        requests = [
+            {"k": k, **builder.request(derived_seed(self.job.seed, "decompose", it["id"]), instruction=it["instruction"])}
+            for k, it in enumerate(items)
+        ]
+        for row in self.calls.run(requests, "decompose", order_key="k"):
+            item = items[row["k"]]
+            if row["decompose_error"]:
+                outcome, reason = "api_error", row["decompose_error"]
+            else:
+                parsed = parse_decomposition(row["decompose_text"])
+                outcome, reason = parsed.outcome, parsed.reason
+                if parsed.outcome == "ok":
+                    c = parsed.components
+                    item.update(background=list(c.background), objectives=list(c.objectives), constraints=list(c.constraints))
+            item["decomposition_outcome"] = outcome
+            self._attempt(0, "decompose", item["id"], item["parent_ids"], outcome, reason, row, "decompose")
+
+    # ------------------------------------------------ responses and scores
+    def _complete(self, t: int, items: list[dict[str, Any]]) -> None:
+        """Respond to, score and embed new items; decide which may evolve further."""
+        todo = [it for it in items if it["status"] == "new"]
+        builder = self.builders["response"]
+        requests = [
+            {"k": k, **builder.request(derived_seed(self.job.seed, "response", it["id"]), instruction=it["instruction"])}
+            for k, it in enumerate(todo)
+        ]
+        for row in self.calls.run(requests, "response", order_key="k"):
+            item = todo[row["k"]]
+            if row["response_error"]:
+                outcome, reason = "api_error", row["response_error"]
+            else:
+                parsed = parse_response(row["response_text"])
+                outcome, reason, item["response"] = parsed.outcome, parsed.reason, parsed.text
+            if outcome != "ok":
+                item["status"] = "no_response"
+            self._attempt(t, "response", item["id"], item["parent_ids"], outcome, reason, row, "response")
+        answered = [it for it in todo if it["response"]]
+        self._score(answered)
+        missing = [it for it in items if it["embedding"] is None]
+        if missing:
+            vectors = embed_texts([it["instruction"] for it in missing], self.job.embedding)
+            for it, v in zip(missing, vectors):
+                it["embedding"] = v
+        limit = self.job.evolution.token_limit
+        for it in answered:
+            if it["instruction_tokens"] > limit:
+                it["status"] = "over_token_limit"
+            elif not math.isfinite(it["uncertainty"]):
+                it["status"] = "unscored"
+            elif it["decomposition_outcome"] != "ok":  # answered and kept, but without elements it cannot evolve
+                it["status"] = f"decomposition_{it['decomposition_outcome']}"
+            else:
+                it["status"] = "ok"
+            it["evolvable"] = it["status"] == "ok"
+
+    def _score(self, items: list[dict[str, Any]]) -> None:
+        if not items:
+            return
+        job = self.job
+        rows = [{"id": it["id"], "instruction": it["instruction"], "response": it["response"]} for it in items]
+        scored = run_stage(
+            rows,
+            ScorerStage,
+            {"scorer_cfg": job.scorer, "seed": job.seed},
+            batch_size=_SCORER_ROWS_PER_BATCH,
+            num_actors=job.scorer.num_actors,
+            resources=scorer_resources(job.scorer),
+        )
+        by_id = {r["id"]: r for r in scored}
+        for it in items:
+            r = by_id[it["id"]]
+            it["q"] = float(r["q"])
+            it["uncertainty"] = float(r["uncertainty"])
+            it["instruction_tokens"] = int(r["instruction_tokens"])
+
+    # ------------------------------------------------ rounds t >= 1: evolve
+    def _evolve(self, t: int, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        job, ev = self.job, self.job.evolution
+        pool_idx = [i for i, it in enumerate(items) if it["evolvable"]]
+        candidates = [
+            EvolvableItem(
+                id=items[i]["id"], uncertainty=items[i]["uncertainty"], n_fusions=items[i]["n_fusions"],
+                n_objectives=len(items[i]["objectives"]), root_domain=items[i]["root_domain"],
+            )
+            for i in pool_idx
+        ]
+        half = len(candidates) // 2
+        k_depth = ev.depth_per_round if ev.depth_per_round is not None else max(1, half)
+        k_fusion = ev.fusion_per_round if ev.fusion_per_round is not None else half
+        rng = np.random.default_rng([job.seed, t])
+        depth = sample_depth(candidates, k_depth, rng)
+        draw = sample_fusion_pairs(candidates, k_fusion, rng, exclude=frozenset(self.used_pairs))
+        if draw.shortfall:
+            log.warning("round %d: %d fusion pairs short (no unused pair left)", t, draw.shortfall)
+
+        requests: list[dict[str, Any]] = []
+        for n, c in enumerate(depth):
+            parent = items[pool_idx[c]]
+            op = "depth_background" if parent["domain"] == "math" else "depth_constraint"
+            seed = derived_seed(job.seed, "evolve", t, op, n, parent["id"])
+            req = self.builders[op].request(seed, instruction=parent["instruction"], components=format_components(_components(parent)))
+            requests.append({"k": len(requests), "op": op, "parents": json.dumps([parent["id"]]), **req})
+        for n, pair in enumerate(draw.pairs):
+            a, b = items[pool_idx[pair.first]], items[pool_idx[pair.second]]
+            op = "fusion_cross_domain" if pair.cross_domain else "fusion_in_domain"
+            self.used_pairs.add(tuple(sorted((a["id"], b["id"]))))
+            seed = derived_seed(job.seed, "evolve", t, op, n, a["id"], b["id"])
+            req = self.builders["fusion"].request(
+                seed,
+                instruction_1=a["instruction"], components_1=format_components(_components(a)),
+                instruction_2=b["instruction"], components_2=format_components(_components(b)),
+            )
+            requests.append({"k": len(requests), "op": op, "parents": json.dumps([a["id"], b["id"]]), **req})
+
+        by_id = {it["id"]: it for it in items}
+        known = set(by_id)
+        children: list[dict[str, Any]] = []
+        for row in self.calls.run(requests, "evolve", order_key="k"):
+            op, parent_ids = row["op"], json.loads(row["parents"])
+            parents = [by_id[p] for p in parent_ids]
+            if row["evolve_error"]:
+                outcome, reason, parsed = "api_error", row["evolve_error"], None
+            else:
+                parsed = parse_evolution(row["evolve_text"], tuple(p["instruction"] for p in parents))
+                outcome, reason = parsed.outcome, parsed.reason
+            child_id = ""
+            if outcome == "ok":
+                child_id = _item_id(op, *parent_ids, parsed.instruction)
+                if child_id in known:
+                    outcome, reason = "parse_error", "same instruction as an item already in the pool"
+            self._attempt(t, op, child_id if outcome == "ok" else "", parent_ids, outcome, reason, row, "evolve")
+            if outcome != "ok":
+                continue
+            known.add(child_id)
+            first = parents[0]
+            c = parsed.components
+            tpl = self.templates["fusion" if op.startswith("fusion") else op]
+            children.append(
+                _new_item(
+                    id=child_id, round=t, operation=op, parent_ids=parent_ids, source=first["source"],
+                    domain=first["domain"], root_domain=first["root_domain"], language=first["language"],
+                    instruction=parsed.instruction, background=list(c.background), objectives=list(c.objectives),
+                    constraints=list(c.constraints), decomposition_outcome="ok",
+                    template=tpl.ref, template_sha256=tpl.sha256,
+                )
+            )
+            if op.startswith("fusion"):  # eq. 7: a parent's fusion count grows with every fusion it made
+                for p in parents:
+                    p["n_fusions"] += 1
+        self._complete(t, children)
+        return items + children
+
+    # ------------------------------------------------------------- records
+    def _attempt(self, t: int, op: str, item_id: str, parents: Iterable[str], outcome: str, reason: str,
+                 row: dict[str, Any], prefix: str) -> None:
+        self.attempts.append(
+            {
+                "round": t,
+                "operation": op,
+                "item_id": item_id,
+                "parent_ids": list(parents),
+                "outcome": outcome,
+                "reason": reason or "",
+                "raw": row.get(f"{prefix}_text", ""),
+                "cache_key": row["cache_key"],
+                "cached": bool(row[f"{prefix}_cached"]),
+                "prompt_tokens": int(row[f"{prefix}_prompt_tokens"]),
+                "completion_tokens": int(row[f"{prefix}_completion_tokens"]),
+                "latency_s": float(row[f"{prefix}_latency_s"]),
+                "node": row[f"{prefix}_node"],
+            }
+        )
+
+    def _round_metrics(self, t: int, items: list[dict[str, Any]]) -> dict[str, Any]:
+        valid = [it for it in items if it["response"]]
+        attempts: dict[str, Counter] = {}
+        for a in self.attempts:
+            if a["round"] == t:
+                attempts.setdefault(a["operation"], Counter())[a["outcome"]] += 1
+        added = Counter(it["operation"] for it in valid if it["round"] == t)
+        u = np.array([it["uncertainty"] for it in valid if math.isfinite(it["uncertainty"])])
+        return {
+            "round": t,
+            "pool_size": len(valid),
+            "evolvable": sum(it["evolvable"] for it in items),
+            "added": dict(sorted(added.items())),
+            "attempts": {op: {o: c.get(o, 0) for o in _ATTEMPT_OUTCOMES} for op, c in sorted(attempts.items())},
+            "success_rate": {op: c.get("ok", 0) / sum(c.values()) for op, c in sorted(attempts.items())},
+            "over_token_limit": sum(it["status"] == "over_token_limit" for it in items if it["round"] == t),
+            "diversity_u": _u(valid),
+            "uncertainty": {"mean": float(u.mean()), "median": float(np.median(u))} if u.size else {"mean": None, "median": None},
+            "domains": dict(sorted(Counter(it["root_domain"] for it in valid).items())),
+        }
+
+    # --------------------------------------------------------- filters, I/O
+    def _filter(self, items: list[dict[str, Any]], decontaminator: Decontaminator) -> dict[str, Any]:
+        contaminated: Counter = Counter()
+        for it in items:
+            if not it["response"]:
+                it["kept"], it["removed_reason"] = False, it["status"]
+                continue
+            bench = decontaminator.match(it["instruction"])
+            if bench:
+                it["kept"], it["removed_reason"] = False, f"contaminated:{bench}"
+                contaminated[bench] += 1
+        near = 0
+        threshold = self.job.filters.near_duplicate_threshold
+        live = [i for i, it in enumerate(items) if it["kept"]]
+        if threshold is not None and len(live) > 1:
+            order = sorted(range(len(live)), key=lambda k: (items[live[k]]["round"], k))
+            X = np.stack([items[i]["embedding"] for i in live])
+            for k, dup_of in enumerate(near_duplicates(X, threshold, order)):
+                if dup_of is not None:
+                    it = items[live[k]]
+                    it["kept"], it["removed_reason"] = False, f"near_duplicate:{items[live[dup_of]]['id']}"
+                    near += 1
+        return {
+            "near_duplicate": near,
+            "contaminated": {b.name: contaminated.get(b.name, 0) for b in self.job.filters.decontaminate},
+            "not_answered": sum(1 for it in items if not it["response"]),
+            "kept": sum(it["kept"] for it in items),
+        }
+
+    def _write(self, config, pool, items, filters, cluster, t0) -> dict[str, Any]:
+        job = self.job
+        for it in items:
+            it["teacher_model"] = self.model
+        valid = [it for it in items if it["response"]]
+        kept = [it for it in items if it["kept"]]
+        metrics = {
+            "rounds": self.round_metrics,
+            "diversity": {
+                "seeds": _u([it for it in valid if it["round"] == 0]),
+                "evolved": _u([it for it in valid if it["round"] > 0]),
+                "all": _u(valid),
+                "kept": _u(kept),
+            },
+            "filters": filters,
+        }
+        self.run.write_table(job.name, _items_table(items))
+        atomic_write_parquet(self.run.path / "attempts.parquet", pa.Table.from_pylist(self.attempts, schema=ATTEMPT_SCHEMA))
+        atomic_write_json(self.run.path / "metrics.json", _json_safe(metrics))
+        self.run.write_jsonl("sft_messages.jsonl", (
+            {"id": it["id"], "messages": [{"role": "user", "content": it["instruction"]},
+                                          {"role": "assistant", "content": it["response"]}]}
+            for it in kept
+        ))
+        self.run.write_jsonl("sft_alpaca.jsonl", (
+            {"id": it["id"], "instruction": it["instruction"], "input": "", "output": it["response"]} for it in kept
+        ))
+        tally = self.calls.tally
+        price = price_for(self.model, getattr(job.teacher, "price", None))
+        tokens = {"prompt": sum(a["prompt_tokens"] for a in self.attempts),
+                  "completion": sum(a["completion_tokens"] for a in self.attempts)}
+        rounds_done = self.round_metrics[-1]["round"] if self.round_metrics else 0
+        manifest = {
+            "job": job.name,
+            "kind": job.kind,
+            "config_hash": config_hash(config),
+            "config": config,
+            "versions": package_versions(),
+            "ray": cluster,
+            "teacher": {"kind": job.teacher.kind, "model": self.model},
+            "scorer": {"backend": job.scorer.backend, "model": str(self.scorer_model),
+                       "num_perturbations": job.scorer.num_perturbations, "drop_prob": job.scorer.drop_prob},
+            "templates": {k: {"ref": t.ref, "sha256": t.sha256} for k, t in self.templates.items()},
+            "seeds": pool.summary(),
+            "collection": self.collection,
+            "rounds_requested": job.evolution.rounds,
+            "rounds_completed": rounds_done,
+            "complete": rounds_done == job.evolution.rounds,
+            "counts": {
+                "items": len(items),
+                "answered": len(valid),
+                "kept": len(kept),
+                "by_round": dict(sorted(Counter(str(it["round"]) for it in valid).items())),
+                "by_operation": dict(sorted(Counter(it["operation"] for it in valid).items())),
+                "attempts": {op: dict(Counter(a["outcome"] for a in self.attempts if a["operation"] == op))
+                             for op in OPERATIONS if any(a["operation"] == op for a in self.attempts)},
+            },
+            "filters": filters,
+            "diversity": metrics["diversity"],
+            "tokens": tokens,
+            "this_run": {"calls": tally.calls, "retries": tally.retries, "cache_hits": tally.cache_hits,
+                         "prompt": tally.spent_prompt, "completion": tally.spent_completion},
+            "cost_usd": cost_usd(price, tokens["prompt"], tokens["completion"]),
+            "cost_usd_this_run": cost_usd(price, tally.spent_prompt, tally.spent_completion),
+            "wall_time_s": round(time.monotonic() - t0, 3),
+            "outputs": {
+                "items": f"{job.name}.parquet",
+                "attempts": "attempts.parquet",
+                "metrics": "metrics.json",
+                "sft_messages": "sft_messages.jsonl",
+                "sft_alpaca": "sft_alpaca.jsonl",
+                "checkpoints": "checkpoints/",
+            },
+        }
+        manifest = _json_safe(manifest)
+        self.run.write_manifest(manifest)
+        return manifest
+
+
+def _u(items: list[dict[str, Any]]) -> float | None:
+    vectors = [it["embedding"] for it in items if it["embedding"] is not None]
+    if len(vectors) < 2:
+        return None
+    return float(diversity_u(np.stack(vectors)))
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities become null (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _items_table(items: list[dict[str, Any]]) -> pa.Table:
+    rows = []
+    for it in items:
+        row = {name: it.get(name) for name in ITEM_SCHEMA.names}
+        emb = it.get("embedding")
+        row["embedding"] = [] if emb is None else np.asarray(emb, dtype=np.float32).tolist()
+        row["teacher_model"] = it.get("teacher_model", "")
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=ITEM_SCHEMA)
+
+
+def run_tacie(job: TaCIEJob, address: str | None = None, force: bool = False) -> dict[str, Any]:
+    return TaCIERun(job, address=address, force=force).execute()
+
+
+__all__ = ["run_tacie", "TaCIERun", "ITEM_SCHEMA", "OPERATIONS"]
