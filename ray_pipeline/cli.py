@@ -74,6 +74,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from ray_pipeline.seeds import load_seeds
 
     job = load_job(args.job)
+    if job.kind == "tacie":
+        from ray_pipeline.pipelines.tacie import preflight
+
+        checked = preflight(job)
+        print(json.dumps({
+            "job": job.name, "kind": job.kind, "seeds": checked.pool.summary(),
+            "templates": {k: t.ref for k, t in checked.templates.items()},
+            "decontaminate": checked.benchmark_prompts, "scorer_model": checked.scorer_model,
+        }, indent=2, default=str))
+        return 0
     pool = load_seeds(job.seeds)
     print(json.dumps({"job": job.name, "kind": job.kind, "seeds": pool.summary()}, indent=2, default=str))
     return 0

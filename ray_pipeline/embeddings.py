@@ -13,7 +13,8 @@ instead name a local sentence-transformers directory. Nothing is downloaded.
 
 :class:`Embedder` loads the model once; :class:`EmbedStage` is the Ray Data
 ``map_batches`` UDF (one model per actor) that adds an ``embedding`` column;
-:func:`embed_texts` embeds on the driver, loading each model once per process.
+:func:`embed_texts` embeds on the driver through :func:`cached_embedder`, which
+loads each model once per process.
 """
 
 from __future__ import annotations
@@ -131,10 +132,15 @@ class EmbedStage:
 
 
 @functools.lru_cache(maxsize=4)
-def _embedder(model: str, batch_size: int, device: str) -> Embedder:
+def _load(model: str, batch_size: int, device: str) -> Embedder:
     return Embedder(EmbeddingConfig(model=model, batch_size=batch_size, device=device))
 
 
+def cached_embedder(cfg: EmbeddingConfig) -> Embedder:
+    """The driver's :class:`Embedder` for ``cfg``, loaded on first use and kept for the process."""
+    return _load(cfg.model, cfg.batch_size, cfg.device)
+
+
 def embed_texts(texts: Sequence[str], cfg: EmbeddingConfig) -> np.ndarray:
-    """Embed on the driver; the model of a given config is loaded once per process."""
-    return _embedder(cfg.model, cfg.batch_size, cfg.device).encode(texts)
+    """Embed on the driver with :func:`cached_embedder` (the model is loaded once per process)."""
+    return cached_embedder(cfg).encode(texts)

@@ -53,6 +53,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 EPSILON = 1e-6  # floor of u in eq. 4 and eq. 5
+# A difference of score sums below this fraction of the sums is recomputed directly.
+_CANCELLATION = 1e-9
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ class FusionDraw:
     cross_as_in_domain: int  # cross-domain slots filled in-domain (fewer than two root domains)
 
     @property
-    def short(self) -> int:
+    def shortfall(self) -> int:
         return self.short_in_domain + self.short_cross_domain
 
 
@@ -203,6 +205,10 @@ class _PairKind:
             self.scale = dom_mass[dom]
             self.mass = self.scale - s
             self.count = dom_n[dom] - 1
+        # Where the item's own score dwarfs the rest, the difference has lost its
+        # precision: sum the partners directly.
+        for i in np.flatnonzero((self.count > 0) & (self.mass <= _CANCELLATION * self.scale)):
+            self.mass[i] = self._partner_weights(int(i), free_only=False).sum()
         self.used_mass = np.zeros(len(s))
         self.used_count = np.zeros(len(s), dtype=np.int64)
         for i, js in partners.items():
@@ -221,10 +227,11 @@ class _PairKind:
         self._add(i, j)
         self._add(j, i)
 
-    def _partner_weights(self, i: int) -> np.ndarray:
+    def _partner_weights(self, i: int, free_only: bool = True) -> np.ndarray:
         mask = (self.dom != self.dom[i]) if self.cross else (self.dom == self.dom[i])
         mask[i] = False
-        mask[list(self.partners.get(i, ()))] = False
+        if free_only:
+            mask[list(self.partners.get(i, ()))] = False
         return np.where(mask, self.s, 0.0)
 
     def draw(self, rng: np.random.Generator) -> tuple[int, int] | None:
@@ -232,9 +239,8 @@ class _PairKind:
         if not free.any():
             return None
         free_mass = self.mass - self.used_mass
-        # Where most of the partners' mass is used, the difference has lost its
-        # precision: sum the free partners directly.
-        for i in np.flatnonzero(free & (free_mass <= 1e-9 * self.scale)):
+        # Where most of the partners' mass is used, likewise sum the free ones.
+        for i in np.flatnonzero(free & (free_mass <= _CANCELLATION * self.mass)):
             free_mass[i] = self._partner_weights(int(i)).sum()
         weights = np.zeros(len(self.s))
         np.divide(self.s * free_mass, self.mass, out=weights, where=free)

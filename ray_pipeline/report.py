@@ -201,10 +201,12 @@ def _plot_projection(fig: Figure, items: pd.DataFrame, rounds: list[int]) -> Non
         ax.scatter(xy[pos, 0], xy[pos, 1], s=22, color=colours[rnd], marker=_marker(op), alpha=0.8, edgecolors="none")
     ops = _operations([dict.fromkeys(sub["operation"])])
     by_op = [Line2D([], [], linestyle="", marker=_marker(op), color="grey", label=op) for op in ops]
-    by_round = [Patch(color=colours[r], label=f"round {r}" + (" (seeds)" if r == 0 else "")) for r in rounds]
-    first = ax.legend(handles=by_round, loc="upper left", fontsize=7, framealpha=0.8)
+    present = set(sub["round"])
+    by_round = [Patch(color=colours[r], label=f"round {r}" + (" (seeds)" if r == 0 else "")) for r in rounds if r in present]
+    fig.subplots_adjust(left=0.1, right=0.7)
+    first = ax.legend(handles=by_round, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7)
     ax.add_artist(first)
-    ax.legend(handles=by_op, loc="lower right", fontsize=7, framealpha=0.8)
+    ax.legend(handles=by_op, loc="lower left", bbox_to_anchor=(1.02, 0.0), fontsize=7)
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
     skipped = len(items) - len(rows)
@@ -355,7 +357,8 @@ def _pairs(mapping: dict[str, Any] | None) -> str:
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>\n" for row in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody></table>'
+    thead = f"<thead><tr>{head}</tr></thead>\n" if header else ""
+    return f'<table class="{cls}">{thead}<tbody>\n{body}</tbody></table>'
 
 
 def _truncate(text: str, limit: int = MAX_TEXT_CHARS) -> str:
@@ -398,8 +401,9 @@ def _summary(manifest: dict[str, Any], items: pd.DataFrame, metrics: dict[str, A
         ("diversity U: seeds", _e(diversity.get("seeds"))),
         ("diversity U: evolved", _e(diversity.get("evolved"))),
         ("diversity U: all", _e(diversity.get("all"))),
+        ("diversity U: kept", _e(diversity.get("kept"))),
     ]
-    return _table(("", ""), [(html.escape(k), v) for k, v in rows], "summary")
+    return _table((), [(html.escape(k), v) for k, v in rows], "summary")
 
 
 def _round_table(metrics: dict[str, Any]) -> str:
@@ -436,7 +440,8 @@ def _samples(items: pd.DataFrame) -> str:
     evolved = items[items["operation"] != "seed"]
     for op in _operations([dict.fromkeys(evolved["operation"])]):
         group = evolved[evolved["operation"] == op]
-        group = group.iloc[np.argsort(~group["kept"].fillna(False).astype(bool).to_numpy(), kind="stable")]
+        group = group.assign(_removed=~group["kept"].fillna(False).astype(bool), _age=-group["round"])
+        group = group.sort_values(["_removed", "_age"], kind="stable")  # kept first, latest round first
         parts.append(f"<h3>{html.escape(op)} <small>({len(group)} item(s), showing "
                      f"{min(len(group), SAMPLES_PER_OPERATION)})</small></h3>")
         for _, item in group.head(SAMPLES_PER_OPERATION).iterrows():

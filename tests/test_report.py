@@ -102,9 +102,11 @@ def make_items(seed: int = 7) -> list[dict[str, Any]]:
                     "embedding": (emb / np.linalg.norm(emb)).astype(np.float32).tolist(),
                     "kept": True, "removed_reason": "",
                 })
-    by_op = {op: [it for it in items if it["operation"] == op] for op in ("depth_constraint", "fusion_cross_domain")}
-    by_op["depth_constraint"][0]["instruction"] = SCRIPT_TEXT
-    by_op["fusion_cross_domain"][0]["instruction"] = LONG_TEXT
+    def first_of_round_2(op: str) -> dict[str, Any]:  # the report samples the latest round first
+        return next(it for it in items if it["operation"] == op and it["round"] == 2)
+
+    first_of_round_2("depth_constraint")["instruction"] = SCRIPT_TEXT
+    first_of_round_2("fusion_cross_domain")["instruction"] = LONG_TEXT
     for i in (3, 17, 30, 44, 59):  # failed scoring
         items[i]["uncertainty"] = math.nan if i % 2 else None
     for i in (5, 33):
@@ -201,7 +203,7 @@ def test_attempt_table_counts_every_outcome(report: tuple[Path, str, dict[str, l
 
 
 def test_summary_numbers(report: tuple[Path, str, dict[str, list[list[str]]]]) -> None:
-    summary = {row[0]: row[1] for row in report[2]["summary"][1:]}
+    summary = {row[0]: row[1] for row in report[2]["summary"]}
     assert summary["job"] == "tacie-test"
     assert summary["teacher model"] == "teacher-model-x"
     assert summary["scorer"] == "gemma-3-270m-scorer (hf)"

@@ -26,6 +26,7 @@ import logging
 import math
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import numpy as np
@@ -39,16 +40,16 @@ from ray_pipeline.decomposition import Components, format_components, parse_deco
 from ray_pipeline.diversity import diversity_u
 from ray_pipeline.embeddings import embed_texts
 from ray_pipeline.errors import FusionError, SeedError
-from ray_pipeline.evolution_sampling import EvolvableItem, sample_depth, sample_fusion_pairs
+from ray_pipeline.evolution_sampling import EvolvableItem, FusionPair, sample_depth, sample_fusion_pairs, update_after_round
 from ray_pipeline.executor import connect, run_stage
 from ray_pipeline.filters import Decontaminator, load_benchmark_prompts, near_duplicates
 from ray_pipeline.outputs import RunDir, atomic_write_json, atomic_write_parquet, config_hash, package_versions
 from ray_pipeline.parsing import parse_response
 from ray_pipeline.pipelines.instruction_fusion import seed_prompt
 from ray_pipeline.pipelines.teacher_calls import RequestBuilder, TeacherCalls, derived_seed
-from ray_pipeline.prompts import load_template
+from ray_pipeline.prompts import PromptTemplate, load_template
 from ray_pipeline.scorers.base import resolve_model
-from ray_pipeline.seeds import load_seeds
+from ray_pipeline.seeds import SeedPool, load_seeds
 from ray_pipeline.stages.scorer_stage import ScorerStage, scorer_resources
 from ray_pipeline.teachers.factory import teacher_model_name, teacher_session
 from ray_pipeline.teachers.pricing import cost_usd, price_for
@@ -183,6 +184,35 @@ class _Checkpoint:
         return round_no, items, attempts, state
 
 
+@dataclass
+class Preflight:
+    templates: dict[str, PromptTemplate]
+    pool: SeedPool
+    decontaminator: Decontaminator
+    benchmark_prompts: dict[str, int]
+    scorer_model: str
+
+
+def preflight(job: TaCIEJob) -> Preflight:
+    """Everything that can be checked before any work starts: templates, seeds, benchmarks, scorer model."""
+    ev = job.evolution
+    templates = {
+        "diversify": load_template(job.collection.template),
+        "decompose": load_template(job.decomposition.template),
+        "depth_constraint": load_template(ev.depth_constraint_template),
+        "depth_background": load_template(ev.depth_background_template),
+        "fusion": load_template(ev.fusion_template),
+        "response": load_template(job.response.template),
+    }
+    pool = load_seeds(job.seeds)
+    if not pool.records:
+        raise SeedError("the seed pool is empty")
+    benchmarks = {b.name: load_benchmark_prompts(b) for b in job.filters.decontaminate}
+    decontaminator = Decontaminator(benchmarks, job.filters.ngram)
+    scorer_model = str(resolve_model(job.scorer)[0])
+    return Preflight(templates, pool, decontaminator, {k: len(v) for k, v in benchmarks.items()}, scorer_model)
+
+
 class TaCIERun:
     def __init__(self, job: TaCIEJob, address: str | None = None, force: bool = False):
         self.job = job
@@ -202,21 +232,10 @@ class TaCIERun:
         config = job_to_dict(job)
         self.run.check_compatible(config, self.force)
         ev = job.evolution
-        self.templates = {
-            "diversify": load_template(job.collection.template),
-            "decompose": load_template(job.decomposition.template),
-            "depth_constraint": load_template(ev.depth_constraint_template),
-            "depth_background": load_template(ev.depth_background_template),
-            "fusion": load_template(ev.fusion_template),
-            "response": load_template(job.response.template),
-        }
-        pool = load_seeds(job.seeds)
-        if not pool.records:
-            raise SeedError("the seed pool is empty")
-        decontaminator = Decontaminator(
-            {b.name: load_benchmark_prompts(b) for b in job.filters.decontaminate}, job.filters.ngram
+        checked = preflight(job)
+        self.templates, pool, decontaminator, self.scorer_model = (
+            checked.templates, checked.pool, checked.decontaminator, checked.scorer_model
         )
-        self.scorer_model = resolve_model(job.scorer)[0]
 
         cluster = connect(self.address or job.ray.address)
         with teacher_session(job.teacher, self.run.log_dir) as stage_cfg:
@@ -433,6 +452,7 @@ class TaCIERun:
             log.warning("round %d: %d fusion pairs short (no unused pair left)", t, draw.shortfall)
 
         requests: list[dict[str, Any]] = []
+        pair_of: dict[int, FusionPair] = {}
         for n, c in enumerate(depth):
             parent = items[pool_idx[c]]
             op = "depth_background" if parent["domain"] == "math" else "depth_constraint"
@@ -449,11 +469,13 @@ class TaCIERun:
                 instruction_1=a["instruction"], components_1=format_components(_components(a)),
                 instruction_2=b["instruction"], components_2=format_components(_components(b)),
             )
+            pair_of[len(requests)] = pair
             requests.append({"k": len(requests), "op": op, "parents": json.dumps([a["id"], b["id"]]), **req})
 
         by_id = {it["id"]: it for it in items}
         known = set(by_id)
         children: list[dict[str, Any]] = []
+        fused: list[FusionPair] = []
         for row in self.calls.run(requests, "evolve", order_key="k"):
             op, parent_ids = row["op"], json.loads(row["parents"])
             parents = [by_id[p] for p in parent_ids]
@@ -483,9 +505,11 @@ class TaCIERun:
                     template=tpl.ref, template_sha256=tpl.sha256,
                 )
             )
-            if op.startswith("fusion"):  # eq. 7: a parent's fusion count grows with every fusion it made
-                for p in parents:
-                    p["n_fusions"] += 1
+            if op.startswith("fusion"):
+                fused.append(pair_of[row["k"]])
+        # eq. 7: a parent's fusion count n_c grows with every fusion that made a child
+        for i, cand in zip(pool_idx, update_after_round(candidates, fused, [])):
+            items[i]["n_fusions"] = cand.n_fusions
         self._complete(t, children)
         return items + children
 

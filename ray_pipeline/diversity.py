@@ -1,0 +1,79 @@
+"""Diversity of an instruction pool: the variance of nearest-neighbour distances.
+
+TaCIE (Yang et al. 2024, arXiv 2410.02795) measures how diverse a set of
+instructions is as
+
+    U = Var_i [ d(x_i, NN(x_i)) ],
+
+the variance, over the instructions ``x_i``, of the distance from each
+instruction's embedding to the embedding of its nearest neighbour in the set.
+Here the embeddings are all-MiniLM-L6-v2 (:mod:`ray_pipeline.embeddings`) and
+``d`` is the cosine distance ``1 - cos``; for unit vectors the Euclidean
+distance is ``sqrt(2 (1 - cos))``, so both find the same nearest neighbour.
+
+Nearest neighbours are found by exact search in chunks of rows, so a pool of
+100k x 384 never builds an n x n similarity matrix at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# Similarity entries computed at once (2**24 float32 = 64 MiB).
+CHUNK_ELEMENTS = 1 << 24
+
+
+def unit_rows(X: np.ndarray) -> np.ndarray:
+    """``X`` as floats with every non-zero row scaled to unit L2 norm (float32 stays float32)."""
+    X = np.asarray(X)
+    X = X.astype(np.result_type(X.dtype, np.float32), copy=False)
+    if X.ndim != 2:
+        raise ValueError(f"expected a 2-d array of embeddings, got shape {X.shape}")
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.where(norms > 0, norms, 1)
+
+
+def nearest(X: np.ndarray, Y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine similarity of each row of ``X`` to its most similar row, and that row's index.
+
+    Without ``Y`` the neighbour is another row of ``X`` (never the row itself);
+    with ``Y`` it is a row of ``Y``. A row with no candidate gets similarity
+    ``-inf`` and index ``-1``. Ties go to the lowest index.
+    """
+    X = unit_rows(X)
+    R = X if Y is None else unit_rows(Y)
+    if R.shape[1] != X.shape[1]:
+        raise ValueError(f"dimension mismatch: {X.shape[1]} vs {R.shape[1]}")
+    n, m = len(X), len(R)
+    best = np.full(n, -np.inf, dtype=X.dtype)
+    index = np.full(n, -1, dtype=np.int64)
+    if m == 0:
+        return best, index
+    step = max(1, CHUNK_ELEMENTS // m)
+    for start in range(0, n, step):
+        sims = X[start:start + step] @ R.T
+        if Y is None:
+            rows = np.arange(len(sims))
+            sims[rows, start + rows] = -np.inf
+        arg = sims.argmax(axis=1)
+        index[start:start + step] = arg
+        best[start:start + step] = sims[np.arange(len(sims)), arg]
+    index[best == -np.inf] = -1
+    return best, index
+
+
+def nn_distances(X: np.ndarray, Y: np.ndarray | None = None) -> np.ndarray:
+    """Cosine distance ``1 - cos`` from each row of ``X`` to its nearest other row of ``X``
+    (or its nearest row of ``Y``); ``nan`` for a row with no candidate."""
+    sims, _ = nearest(X, Y)
+    distances = np.clip(1.0 - sims.astype(np.float64), 0.0, 2.0)
+    distances[np.isinf(sims)] = np.nan
+    return distances
+
+
+def diversity_u(X: np.ndarray) -> float:
+    """TaCIE's diversity U: population variance of the nearest-neighbour cosine distances
+    within ``X``; ``nan`` for fewer than two rows."""
+    if len(X) < 2:
+        return float("nan")
+    return float(np.var(nn_distances(X)))

@@ -1,0 +1,78 @@
+"""Nearest-neighbour distances and TaCIE's diversity U, against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ray_pipeline import diversity
+from ray_pipeline.diversity import diversity_u, nearest, nn_distances, unit_rows
+
+
+def _angles(*degrees: float) -> np.ndarray:
+    rad = np.radians(degrees)
+    return np.stack([np.cos(rad), np.sin(rad)], axis=1)
+
+
+def test_nn_distances_by_hand():
+    # Unit vectors at 0, 10 and 90 degrees: the first two are each other's
+    # neighbour (1 - cos 10deg); the third's nearest is the 10-degree one (1 - cos 80deg).
+    d = nn_distances(_angles(0, 10, 90))
+    c10, c80 = 1 - math.cos(math.radians(10)), 1 - math.cos(math.radians(80))
+    assert d == pytest.approx([c10, c10, c80])
+    mean = (2 * c10 + c80) / 3
+    expected_u = ((c10 - mean) ** 2 * 2 + (c80 - mean) ** 2) / 3
+    assert diversity_u(_angles(0, 10, 90)) == pytest.approx(expected_u)
+
+
+def test_rows_need_not_be_unit_length():
+    # (3, 0), (0, 2), (5, 5): cosines 0, 1/sqrt2, 1/sqrt2.
+    d = nn_distances(np.array([[3.0, 0.0], [0.0, 2.0], [5.0, 5.0]]))
+    assert d == pytest.approx([1 - 2**-0.5] * 3)
+    assert diversity_u(np.array([[3.0, 0.0], [0.0, 2.0], [5.0, 5.0]])) == pytest.approx(0.0)
+
+
+def test_a_row_never_counts_as_its_own_neighbour_but_a_copy_does():
+    X = _angles(0, 0, 45)
+    assert nn_distances(X) == pytest.approx([0.0, 0.0, 1 - math.cos(math.radians(45))])
+    sims, idx = nearest(X)
+    assert idx.tolist() == [1, 0, 0]
+    assert sims[:2] == pytest.approx([1.0, 1.0])
+
+
+def test_against_another_set():
+    d = nn_distances(_angles(0, 90), _angles(30, 100, 180))
+    assert d == pytest.approx([1 - math.cos(math.radians(30)), 1 - math.cos(math.radians(10))])
+    _, idx = nearest(_angles(0, 90), _angles(30, 100, 180))
+    assert idx.tolist() == [0, 1]
+
+
+def test_chunked_search_matches_brute_force(monkeypatch):
+    rng = np.random.default_rng(3)
+    X = unit_rows(rng.normal(size=(57, 8)).astype(np.float32))
+    Y = unit_rows(rng.normal(size=(23, 8)).astype(np.float32))
+    full = X @ X.T
+    np.fill_diagonal(full, -np.inf)
+    expected_self = 1 - full.max(axis=1)
+    expected_other = 1 - (X @ Y.T).max(axis=1)
+    monkeypatch.setattr(diversity, "CHUNK_ELEMENTS", 40)  # 1 row per chunk against 57 rows
+    assert nn_distances(X) == pytest.approx(expected_self, abs=1e-6)
+    assert nn_distances(X, Y) == pytest.approx(expected_other, abs=1e-6)
+    assert nearest(X)[1].tolist() == full.argmax(axis=1).tolist()
+
+
+def test_too_few_rows():
+    assert math.isnan(diversity_u(np.zeros((0, 4))))
+    assert math.isnan(diversity_u(_angles(10)))
+    assert np.isnan(nn_distances(_angles(10))).all()
+    assert np.isnan(nn_distances(_angles(10, 20), np.zeros((0, 2)))).all()
+    assert nn_distances(np.zeros((0, 4))).shape == (0,)
+
+
+def test_identical_spacing_has_zero_variance_and_spread_does_not():
+    even = _angles(0, 30, 60, 90, 120)
+    uneven = _angles(0, 2, 60, 90, 170)
+    assert diversity_u(even) == pytest.approx(0.0, abs=1e-12)
+    assert diversity_u(uneven) > 1e-3
