@@ -142,7 +142,15 @@ def _report_tacie(manifest: dict[str, Any], run_dir: Any) -> int:
         f"(fusion report {run_dir} for the HTML report)"
     )
     if not manifest["complete"]:
-        print("fusion: the rounds stopped early: no instruction was left to evolve", file=sys.stderr)
+        failures = "; ".join(
+            f"{op} " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())) for op, c in counts["attempts"].items()
+        )
+        print(
+            f"fusion: incomplete: no instruction was left to evolve after round {manifest['rounds_completed']} "
+            f"({failures}); see attempts.parquet for the teacher's answers",
+            file=sys.stderr,
+        )
+        return EXIT_INCOMPLETE
     return 0
 
 

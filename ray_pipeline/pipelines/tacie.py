@@ -209,7 +209,7 @@ def preflight(job: TaCIEJob) -> Preflight:
         raise SeedError("the seed pool is empty")
     benchmarks = {b.name: load_benchmark_prompts(b) for b in job.filters.decontaminate}
     decontaminator = Decontaminator(benchmarks, job.filters.ngram)
-    scorer_model = str(resolve_model(job.scorer)[0])
+    scorer_model = resolve_model(job.scorer).path
     return Preflight(templates, pool, decontaminator, {k: len(v) for k, v in benchmarks.items()}, scorer_model)
 
 
@@ -338,10 +338,10 @@ class TaCIERun:
             if row["diversify_error"]:
                 outcome, reason, texts = "api_error", row["diversify_error"], []
             else:
-                texts, dropped = parse_diversified(row["diversify_text"], seed["instruction"])
-                texts = texts[:n]
-                outcome = "ok" if texts else "parse_error"
-                reason = "; ".join(dropped)[:500] if not texts else ""
+                parsed = parse_diversified(row["diversify_text"], seed["instruction"], self.templates["diversify"])
+                texts = list(parsed.instructions[:n])
+                outcome = parsed.outcome
+                reason = parsed.reason or "; ".join(parsed.dropped)[:500]
             self._attempt(0, "diversify", "", [seed["id"]], outcome, reason, row, "diversify")
             for j, text in enumerate(texts):
                 new.append(
@@ -365,7 +365,7 @@ class TaCIERun:
             if row["decompose_error"]:
                 outcome, reason = "api_error", row["decompose_error"]
             else:
-                parsed = parse_decomposition(row["decompose_text"])
+                parsed = parse_decomposition(row["decompose_text"], self.templates["decompose"])
                 outcome, reason = parsed.outcome, parsed.reason
                 if parsed.outcome == "ok":
                     c = parsed.components
@@ -482,7 +482,8 @@ class TaCIERun:
             if row["evolve_error"]:
                 outcome, reason, parsed = "api_error", row["evolve_error"], None
             else:
-                parsed = parse_evolution(row["evolve_text"], tuple(p["instruction"] for p in parents))
+                tpl = self.templates["fusion" if op.startswith("fusion") else op]
+                parsed = parse_evolution(row["evolve_text"], tuple(p["instruction"] for p in parents), tpl)
                 outcome, reason = parsed.outcome, parsed.reason
             child_id = ""
             if outcome == "ok":
