@@ -35,19 +35,34 @@ Reading rules, shared by the parsers:
   example (an ``Instruction:``, ``Input:``, ``Example 2`` ... line after a
   section header, a repeated section header, or a chat turn token).
 
+* given the template the prompt was rendered from, an answer that repeats the
+  template's own text is a parse error (a weak model echoing its prompt): a run
+  of ``ECHO_NGRAM`` words of its rules, or a line (four words or more) of its
+  few-shot examples, which makes a seed that equals an example unusable; the
+  lines that introduce the template's inputs (``Its elements:``, ``Task 2:``)
+  end the answer.
+
 Evolution answers (depth evolution, task fusion) are the updated sections
-followed by ``Rewritten Prompt:``. An evolved item without its sections is a
-``parse_error``: every item of the pool must carry components to be evolved
-again, so a rewritten prompt alone is not kept.
+followed by ``Rewritten Prompt:`` (the other order is read too). The rewritten
+prompt ends at a ``Background`` header (the pattern starting over), at a
+section header followed by N/A, or at an input marker; ``Constraints:`` with a
+list under it may be part of a prompt and stays. An evolved item without its
+sections is a ``parse_error``: every item of the pool must carry components to
+be evolved again, so a rewritten prompt alone is not kept. A new instruction
+(rewritten prompt, diversified entry) in which one line of four or more words
+appears ``LOOP_REPEATS`` times is a degenerate loop and is not kept; a
+repeated section item is kept once.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Iterable
+from functools import lru_cache
+from typing import Iterable, Sequence
 
-from ray_pipeline.parsing import INVALID_MARKER, Outcome, _norm, parse_fusion
+from ray_pipeline.parsing import INVALID_MARKER, Outcome, normalise_space, parse_fusion
+from ray_pipeline.prompts import PromptTemplate
 
 SECTIONS: tuple[str, ...] = ("background", "objectives", "constraints")
 SECTION_TITLES: dict[str, str] = {
@@ -57,6 +72,8 @@ SECTION_TITLES: dict[str, str] = {
 }
 EMPTY = "N/A"
 REWRITTEN_TITLE = "Rewritten Prompt"
+LOOP_REPEATS = 3  # a line of four or more words this often in a new instruction: the model is looping
+ECHO_NGRAM = 8  # this many words in a row from the template's rules or examples: a new instruction copies them
 
 
 @dataclass(frozen=True)
@@ -127,7 +144,7 @@ _SECTION_NAMES = {
     "constraints": r"constraints?|constrains?|requirements?",
 }
 _NAME_TO_SECTION = [(s, re.compile(rf"^(?:{p})$", re.I)) for s, p in _SECTION_NAMES.items()]
-_OPEN = r"^\s*(?:(?:#+|>)\s*)*(?:\d+[.)]\s+)?(?P<open>\*\*|__)?\s*"
+_OPEN = r"^\s*(?:(?:#+|>)\s*)*(?P<num>\d+[.)]\s+)?(?:\*\*|__)?\s*"
 _CLOSE = r"\s*(?:\(s\))?\s*(?P<close>\*\*|__|#+)?\s*(?P<colon>[:：])?\s*(?:\*\*|__)?\s*(?P<rest>.*?)\s*$"
 _HEADER = re.compile(
     _OPEN
@@ -148,7 +165,7 @@ _EXAMPLE_START = re.compile(
     r"\s*[#*_]*\s*(?:[:：]|$)",
     re.I,
 )
-_INPUT_START = re.compile(r"^\s*[#>*_\s]*(?:input|question)\s*[#*_]*\s*(?:[:：]|$)", re.I)
+_INPUT_START = re.compile(r"^\s*[#>*_\s]*input\s*[#*_]*\s*(?:[:：]|$)", re.I)
 _TURN_TOKEN = re.compile(r"<(?:start_of_turn|end_of_turn|eos|\|im_start\||\|im_end\||\|endoftext\|)>")
 _MARKER = re.compile(r"^\s*(?:\d+[.)]|\(\d+\)|[-*•+])(?:\s+(?P<text>.*?))?\s*$")
 _FENCE = re.compile(r"^\s*(?:```|~~~)")
@@ -167,11 +184,11 @@ _ENTRY = re.compile(
 
 
 def _header(line: str, pattern: re.Pattern[str]) -> re.Match[str] | None:
-    """A header needs a colon, decoration, or nothing after its name; prose does not count."""
+    """A header needs a colon, closing decoration, or nothing after its name; prose does not count."""
     m = pattern.match(line)
-    if m and (m["colon"] or m["close"] or m["open"] or not m["rest"]):
-        return m
-    return None
+    if not m or (m["num"] and m["rest"]):  # "1. Objectives: ..." is an item, "1. Objectives:" a header
+        return None
+    return m if (m["colon"] or m["close"] or not m["rest"]) else None
 
 
 def _section_of(name: str) -> str:
@@ -187,6 +204,108 @@ def _is_na(item: str) -> bool:
     return bool(_NA.match(item))
 
 
+def _line_key(line: str) -> str:
+    marker = _MARKER.match(line)
+    return normalise_space((marker["text"] or "") if marker else line)
+
+
+def _opens_fence(line: str) -> bool:
+    marker = _MARKER.match(line)
+    return bool(_FENCE.match(line) or (marker and marker["text"] and _FENCE.match(marker["text"])))
+
+
+def _fence_states(lines: list[str]) -> list[bool]:
+    """For each line: is it inside a fenced block (its closing line included)?"""
+    states, inside = [], False
+    for line in lines:
+        states.append(inside)
+        if (inside and _FENCE.match(line)) or (not inside and _opens_fence(line)):
+            inside = not inside
+    return states
+
+
+@dataclass(frozen=True)
+class _Echo:
+    """What a template's own text tells about answers that merely repeat the prompt."""
+
+    rule_ngrams: frozenset[tuple[str, ...]]  # word n-grams of the system message (rules, format)
+    examples: frozenset[str]  # lines of the few-shot turns
+    example_ngrams: frozenset[tuple[str, ...]]
+    markers: frozenset[str]  # lines that introduce the inputs ("Instruction:", "Task 1 elements:")
+
+    def why(self, lines: Sequence[str], strict: bool = False) -> str:
+        """Why these answer lines are an echo of the prompt, or "".
+
+        Any run of ``ECHO_NGRAM`` words of the rules is an echo, and so is a
+        line that starts with a line of the examples (a looping model often runs
+        on without a line break). ``strict`` is for text that must be new (a new
+        instruction): a run of ``ECHO_NGRAM`` words of the examples is an echo too.
+        """
+        words = _ngrams("\n".join(lines))
+        shared = words & self.rule_ngrams
+        if shared:
+            return f"repeats the prompt's rules: {' '.join(min(shared))!r}"
+        for line in lines:
+            key = _line_key(line)
+            if any(key.startswith(e) for e in self.examples):
+                return f"repeats the prompt's examples: {line.strip()[:60]!r}"
+        shared = words & self.example_ngrams if strict else set()
+        if shared:
+            return f"repeats the prompt's examples: {' '.join(min(shared))!r}"
+        return ""
+
+    def starts_input(self, line: str) -> bool:
+        return normalise_space(line) in self.markers
+
+
+_NO_ECHO = _Echo(frozenset(), frozenset(), frozenset(), frozenset())
+
+
+def _ngrams(text: str) -> set[tuple[str, ...]]:
+    words = re.findall(r"[a-z0-9']+", text.lower())
+    return {tuple(words[i : i + ECHO_NGRAM]) for i in range(len(words) - ECHO_NGRAM + 1)}
+
+
+@lru_cache(maxsize=64)
+def _echo_of(template: PromptTemplate | None) -> _Echo:
+    """What an answer has no reason to repeat from ``template``: its rules (the
+    system message), its few-shot lines of at least four words, and the lines
+    that introduce its inputs."""
+    if template is None:
+        return _NO_ECHO
+    examples: set[str] = set()
+    markers: set[str] = set()
+    for _, content in template.messages[1:]:
+        lines = content.splitlines()
+        for line, after in zip(lines, [*lines[1:], ""]):
+            if "{{" in after and line.strip().endswith(":"):
+                markers.add(normalise_space(line))
+            if "{{" in line or _header(line, _HEADER) or _header(line, _REWRITTEN) or _EXAMPLE_START.match(line):
+                continue
+            key = _line_key(line)
+            if len(key.split()) >= 4:
+                examples.add(key)
+    system = template.messages[0][1] if template.messages[0][0] == "system" else ""
+    return _Echo(
+        frozenset(_ngrams(system)),
+        frozenset(examples),
+        frozenset(_ngrams("\n".join(examples))),
+        frozenset(markers),
+    )
+
+
+def _looping(lines: Sequence[str]) -> str:
+    """Why these lines are a repetition loop (a line of four or more words three times), or ""."""
+    seen: dict[str, int] = {}
+    for line, fenced in zip(lines, _fence_states(list(lines))):
+        key = _line_key(line)
+        if not fenced and len(key.split()) >= 4:
+            seen[key] = seen.get(key, 0) + 1
+            if seen[key] == LOOP_REPEATS:
+                return f"degenerate output: a line repeated {LOOP_REPEATS} times: {line.strip()[:60]!r}"
+    return ""
+
+
 # ------------------------------------------------------------------ sections
 class _SectionReader:
     """Collects the items of headed sections, line by line."""
@@ -197,6 +316,7 @@ class _SectionReader:
         self._item: list[str] | None = None  # lines of the open item
         self._marked = False  # the open item was opened by a list marker
         self.in_fence = False
+        self.preamble_fence = False
 
     @property
     def seen(self) -> bool:
@@ -216,7 +336,9 @@ class _SectionReader:
         return True
 
     def line(self, line: str) -> None:
-        if self.current is None:
+        if self.current is None:  # text before the first header; only its code blocks matter
+            if _FENCE.match(line):
+                self.preamble_fence = not self.preamble_fence
             return
         if self.in_fence:
             assert self._item is not None
@@ -231,10 +353,12 @@ class _SectionReader:
         if _RULE.match(line):
             return
         if _FENCE.match(line):
-            if not (self._item is not None and self._marked and self._item == [""]):
-                self._close()
+            if self._item == [""] and self._marked:  # "2." alone on the line before the block
                 self._item = []
-            self._item = [*(x for x in self._item if x), line.strip()]
+            else:
+                self._close()
+                self._item, self._marked = [], False
+            self._item.append(line.strip())
             self.in_fence = True
             return
         marker = _MARKER.match(line)
@@ -254,8 +378,9 @@ class _SectionReader:
     def _close(self) -> None:
         if self._item is not None and self.current is not None:
             item = "\n".join(self._item).strip()
-            if item and not _is_na(item):
-                self.sections[self.current].append(item)
+            items = self.sections[self.current]
+            if item and not _is_na(item) and item not in items:  # a looping model repeats items
+                items.append(item)
         self._item, self._marked = None, False
 
     def finish(self) -> tuple[Components | None, str]:
@@ -270,57 +395,75 @@ class _SectionReader:
         return c, ""
 
 
-def _read_sections(lines: list[str]) -> tuple[Components | None, str]:
+def _read_sections(lines: list[str], echo: _Echo) -> tuple[Components | None, str]:
     reader = _SectionReader()
-    for line in lines:
-        if not reader.in_fence:
+    end = len(lines)
+    for i, line in enumerate(lines):
+        if not (reader.in_fence or reader.preamble_fence):
             m = _header(line, _HEADER)
             if m:
                 if not reader.header(_section_of(m["name"]), m["rest"]):
+                    end = i
                     break
                 continue
-            if reader.seen and (_EXAMPLE_START.match(line) or _INPUT_START.match(line)):
+            if reader.seen and (_EXAMPLE_START.match(line) or _INPUT_START.match(line) or echo.starts_input(line)):
+                end = i
                 break
         reader.line(line)
+    why = echo.why(lines[:end])
+    if why:
+        return None, why
     return reader.finish()
 
 
-def parse_decomposition(text: str | None) -> ParsedComponents:
-    """Read a decomposition answer into :class:`Components`, or a parse error with its reason."""
+def parse_decomposition(text: str | None, template: PromptTemplate | None = None) -> ParsedComponents:
+    """Read a decomposition answer into :class:`Components`, or a parse error with its reason.
+
+    With ``template`` (the template the prompt was rendered from), an answer
+    that repeats ``ECHO_NGRAM`` words in a row of its rules, or a line of its
+    examples, is a parse error: a weak model echoing its prompt, not a
+    decomposition. The lines that introduce the template's inputs
+    (``Instruction:``) also end the answer.
+    """
     if text is None or not text.strip():
         return ParsedComponents("parse_error", None, "empty answer")
-    components, reason = _read_sections(_cut_turns(text).splitlines())
+    components, reason = _read_sections(_cut_turns(text).splitlines(), _echo_of(template))
     if components is None:
         return ParsedComponents("parse_error", None, reason)
     return ParsedComponents("ok", components)
 
 
 # ------------------------------------------------------------------ evolution
-def _fence_states(lines: list[str]) -> list[bool]:
-    """For each line: is it inside (or the closing line of) a fenced block?"""
-    states, inside = [], False
-    for line in lines:
-        opens = _FENCE.match(line) or _FENCE.match((_MARKER.match(line) or {"text": ""})["text"] or "")
-        states.append(inside)
-        if opens:
-            inside = not inside
-    return states
+def _declines(lines: list[str]) -> bool:
+    """``INVALID PROMPT`` opens or closes the answer (inside it, it may be an echo of the rules)."""
+    text = [normalise_space(line).strip(" .!*#`'\"") for line in lines if line.strip()]
+    marker = INVALID_MARKER.lower()
+    return bool(text) and (text[0].startswith(marker) or text[-1].endswith(marker))
 
 
-def parse_evolution(text: str | None, parents: tuple[str, ...]) -> ParsedEvolution:
+def _next_text(lines: list[str], i: int) -> str:
+    """The first non-blank line after line ``i``."""
+    return next((line for line in lines[i + 1 :] if line.strip()), "")
+
+
+def parse_evolution(
+    text: str | None, parents: tuple[str, ...], template: PromptTemplate | None = None
+) -> ParsedEvolution:
     """Read a depth-evolution or fusion answer: updated sections, then ``Rewritten Prompt:``.
 
     ``invalid`` when the teacher answered ``INVALID PROMPT``; ``parse_error`` when
-    the rewritten prompt is missing, empty, too short or a copy of a parent, or
-    when its sections are missing or have no objectives.
+    the rewritten prompt is missing, empty, too short or a copy of a parent, when
+    its sections are missing or have no objectives, or when the answer repeats
+    the template's own text (see :func:`parse_decomposition`).
     """
     if text is None or not text.strip():
         return ParsedEvolution("parse_error", "", None, "empty answer")
+    echo = _echo_of(template)
     lines = _cut_turns(text).splitlines()
     fenced = _fence_states(lines)
     start = next((i for i, line in enumerate(lines) if not fenced[i] and _header(line, _REWRITTEN)), None)
     if start is None:
-        if INVALID_MARKER in text.upper():
+        if _declines(lines):
             return ParsedEvolution("invalid", "", None, "teacher declined")
         return ParsedEvolution("parse_error", "", None, f"no '{REWRITTEN_TITLE}:' section")
     head = lines[:start]
@@ -336,48 +479,68 @@ def parse_evolution(text: str | None, parents: tuple[str, ...]) -> ParsedEvoluti
             if m and not head_has_sections:
                 sections_after = lines[i:]
                 break
-            if m and _section_of(m["name"]) == "background":
-                break  # the pattern starts over
-            if any(p.strip() for p in prompt) and _EXAMPLE_START.match(line):
+            if m and (_section_of(m["name"]) == "background" or _is_na(m["rest"] or _next_text(lines, i))):
+                break  # the pattern starts over; "Constraints:" with a list can belong to a prompt
+            if echo.starts_input(line) or (any(p.strip() for p in prompt) and _EXAMPLE_START.match(line)):
                 break
         prompt.append(line)
+    if not "".join(prompt).strip():
+        return ParsedEvolution("parse_error", "", None, "rewritten prompt: empty")
     parsed = parse_fusion("\n".join(prompt), parents)
+    if parsed.outcome == "invalid":
+        return ParsedEvolution("invalid", "", None, f"rewritten prompt: {parsed.reason}")
+    why = echo.why(head) or echo.why(prompt, strict=True) or _looping(prompt)
+    if why:
+        return ParsedEvolution("parse_error", "", None, why)
     if parsed.outcome != "ok":
-        return ParsedEvolution(parsed.outcome, "", None, f"rewritten prompt: {parsed.reason}")
-    components, reason = _read_sections(head if head_has_sections else sections_after)
+        return ParsedEvolution("parse_error", "", None, f"rewritten prompt: {parsed.reason}")
+    components, reason = _read_sections(head if head_has_sections else sections_after, echo)
     if components is None:
         return ParsedEvolution("parse_error", "", None, f"sections: {reason}")
     return ParsedEvolution("ok", parsed.text, components)
 
 
 # ------------------------------------------------------------ diversification
-def parse_diversified(text: str | None, parent: str) -> ParsedDiversified:
+def parse_diversified(
+    text: str | None, parent: str, template: PromptTemplate | None = None, n: int | None = None
+) -> ParsedDiversified:
     """Read a numbered list of new instructions written from ``parent``.
 
     Entries are the top-level items ``1.``, ``2.``, ... numbered in sequence (a
-    nested list inside an entry, indented or restarting at 1, stays part of it).
-    Each entry passes the checks of a fused instruction
-    (:func:`ray_pipeline.parsing.parse_fusion`); an entry that fails them, or
-    repeats an earlier one, is dropped with its reason.
+    nested list inside an entry, indented or restarting at 1, stays part of it);
+    with ``n`` (the number asked for) the list ends after entry ``n``. Each
+    entry passes the checks of a fused instruction
+    (:func:`ray_pipeline.parsing.parse_fusion`); an entry that fails them,
+    repeats an earlier one, copies a line of the template's examples or rules,
+    or loops, is dropped with its reason. An answer whose text before the list
+    repeats the template's own text is a parse error (see :func:`parse_decomposition`).
     """
     if text is None or not text.strip():
         return ParsedDiversified("parse_error", (), (), "empty answer")
+    echo = _echo_of(template)
     lines = _cut_turns(text).splitlines()
     fenced = _fence_states(lines)
     entries: list[list[str]] = []
     base_indent = 0
+    preamble = lines
     for i, line in enumerate(lines):
         if not fenced[i]:
             m = _ENTRY.match(line)
+            if m and n is not None and int(m["num"]) == n + 1 == len(entries) + 1 and len(m["indent"]) <= base_indent:
+                break
             if m and int(m["num"]) == len(entries) + 1 and (not entries or len(m["indent"]) <= base_indent):
                 if not entries:
                     base_indent = len(m["indent"])
+                    preamble = lines[:i]
                 entries.append([m["rest"]])
                 continue
-            if entries and _EXAMPLE_START.match(line):
+            if entries and (_EXAMPLE_START.match(line) or echo.starts_input(line)):
                 break
         if entries:
             entries[-1].append(line)
+    why = echo.why(preamble)
+    if why:
+        return ParsedDiversified("parse_error", (), (), why)
     if not entries:
         return ParsedDiversified("parse_error", (), (), "no numbered list")
     kept: list[str] = []
@@ -386,9 +549,12 @@ def parse_diversified(text: str | None, parent: str) -> ParsedDiversified:
     for k, entry in enumerate(entries, 1):
         parsed = parse_fusion("\n".join(entry), (parent,))
         outcomes.append(parsed.outcome)
-        if parsed.outcome != "ok":
+        why = echo.why(entry, strict=True) or _looping(entry)
+        if why:
+            dropped.append(f"entry {k}: {why}")
+        elif parsed.outcome != "ok":
             dropped.append(f"entry {k}: {parsed.reason}")
-        elif any(_norm(parsed.text) == _norm(x) for x in kept):
+        elif any(normalise_space(parsed.text) == normalise_space(x) for x in kept):
             dropped.append(f"entry {k}: repeats an earlier entry")
         else:
             kept.append(parsed.text)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,8 @@ def run_stage(
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
+    if not sys.stdout.isatty():  # Ray Data would log a progress block every 10 s; the pipelines log their own
+        logging.getLogger("ray.data._internal.progress.logging_progress").setLevel(logging.WARNING)
     num_blocks = max(1, math.ceil(len(rows) / batch_size))
     ds = ray.data.from_items(rows, override_num_blocks=num_blocks)
     ds = ds.map_batches(

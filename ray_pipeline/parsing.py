@@ -34,11 +34,12 @@ class Parsed:
     reason: str = ""
 
 
-def _norm(text: str) -> str:
+def normalise_space(text: str) -> str:
+    """Lowercase, with every run of whitespace made one space."""
     return " ".join(text.lower().split())
 
 
-def parse_fusion(answer: str | None, parents: tuple[str, str]) -> Parsed:
+def parse_fusion(answer: str | None, parents: tuple[str, ...]) -> Parsed:
     """Read a fusion answer: one new instruction, ``INVALID PROMPT``, or a parse error."""
     if answer is None or not answer.strip():
         return Parsed("parse_error", "", "empty answer")
@@ -47,7 +48,7 @@ def parse_fusion(answer: str | None, parents: tuple[str, str]) -> Parsed:
     if fence:
         text = fence.group("body").strip()
     text = _LEADING_HEADING.sub("", text, count=1).strip()
-    if _norm(text).strip(" .!\"'`*").upper() == INVALID_MARKER or text.upper().startswith(INVALID_MARKER):
+    if normalise_space(text).strip(" .!\"'`*").upper() == INVALID_MARKER or text.upper().startswith(INVALID_MARKER):
         return Parsed("invalid", "", "teacher declined the pair")
     echo = _ECHO_MARKERS.search(text)
     if echo:
@@ -56,7 +57,7 @@ def parse_fusion(answer: str | None, parents: tuple[str, str]) -> Parsed:
         return Parsed("invalid", "", "teacher declined the pair")
     if len(text) < MIN_INSTRUCTION_CHARS or len(text.split()) < MIN_INSTRUCTION_WORDS:
         return Parsed("parse_error", "", f"too short ({len(text)} chars)")
-    if any(_norm(text) == _norm(p) for p in parents):
+    if any(normalise_space(text) == normalise_space(p) for p in parents):
         return Parsed("parse_error", "", "copies a parent instruction")
     return Parsed("ok", text)
 

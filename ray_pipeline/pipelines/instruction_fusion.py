@@ -36,7 +36,8 @@ from ray_pipeline.executor import connect
 from ray_pipeline.outputs import RunDir, config_hash, package_versions
 from ray_pipeline.pairing import PairSampler, is_cross_language
 from ray_pipeline.parsing import OUTCOMES, parse_fusion, parse_response
-from ray_pipeline.pipelines.teacher_calls import DEAD_TEACHER_STREAK, RequestBuilder, TeacherCalls, derived_seed
+from ray_pipeline.determinism import derived_seed
+from ray_pipeline.pipelines.teacher_calls import DEAD_TEACHER_STREAK, RequestBuilder, TeacherCalls
 from ray_pipeline.prompts import PromptTemplate, load_template
 from ray_pipeline.seeds import load_seeds
 from ray_pipeline.stages.teacher_stage import RESULT_FIELDS

@@ -46,12 +46,13 @@ from ray_pipeline.filters import Decontaminator, load_benchmark_prompts, near_du
 from ray_pipeline.outputs import RunDir, atomic_write_json, atomic_write_parquet, config_hash, package_versions
 from ray_pipeline.parsing import parse_response
 from ray_pipeline.pipelines.instruction_fusion import seed_prompt
-from ray_pipeline.pipelines.teacher_calls import RequestBuilder, TeacherCalls, derived_seed
+from ray_pipeline.determinism import derived_seed
+from ray_pipeline.pipelines.teacher_calls import CallTally, RequestBuilder, TeacherCalls
 from ray_pipeline.prompts import PromptTemplate, load_template
 from ray_pipeline.scorers.base import resolve_model
 from ray_pipeline.seeds import SeedPool, load_seeds
 from ray_pipeline.stages.scorer_stage import ScorerStage, scorer_resources
-from ray_pipeline.teachers.factory import teacher_model_name, teacher_session
+from ray_pipeline.teachers.factory import StageTeacherConfig, teacher_model_name, teacher_session
 from ray_pipeline.teachers.pricing import cost_usd, price_for
 
 log = logging.getLogger(__name__)
@@ -231,50 +232,68 @@ class TaCIERun:
         job = self.job
         config = job_to_dict(job)
         self.run.check_compatible(config, self.force)
+        self.config_hash = config_hash(config)
         ev = job.evolution
         checked = preflight(job)
-        self.templates, pool, decontaminator, self.scorer_model = (
+        self.templates, self.pool, decontaminator, self.scorer_model = (
             checked.templates, checked.pool, checked.decontaminator, checked.scorer_model
         )
+        pool = self.pool
 
         cluster = connect(self.address or job.ray.address)
-        with teacher_session(job.teacher, self.run.log_dir) as stage_cfg:
-            self.run.start(config)
-            cache = load_cache(self.run.cache_dir)
-            if cache:
-                log.info("resuming: %d teacher calls already in the cache", len(cache))
-            self.model = teacher_model_name(stage_cfg)
-            self.builders = {
-                "diversify": RequestBuilder(self.templates["diversify"], job.collection.sampling, self.model, cache),
-                "decompose": RequestBuilder(self.templates["decompose"], job.decomposition.sampling, self.model, cache),
-                "depth_constraint": RequestBuilder(self.templates["depth_constraint"], ev.sampling, self.model, cache),
-                "depth_background": RequestBuilder(self.templates["depth_background"], ev.sampling, self.model, cache),
-                "fusion": RequestBuilder(self.templates["fusion"], ev.sampling, self.model, cache),
-                "response": RequestBuilder(self.templates["response"], job.response.sampling, self.model, cache),
-            }
-            self.calls = TeacherCalls(stage_cfg, job.ray, self.run.cache_dir)
-            items, done = self._restore()
-            if done < 0:
-                items = self._collect(pool.records)
-                self._finish_round(0, items)
-                done = 0
-            for t in range(done + 1, ev.rounds + 1):
-                if not any(it["evolvable"] for it in items):
-                    log.warning("round %d: no evolvable item left; stopping the rounds early", t)
-                    break
-                items = self._evolve(t, items)
-                self._finish_round(t, items)
-        filters = self._filter(items, decontaminator)
-        return self._write(config, pool, items, filters, cluster, t0)
+        items, done = self._restore()
+        if done >= ev.rounds:
+            # every round is in the checkpoint: filter and write again, without starting the teacher
+            self.model = self.teacher_model
+            self.tally = CallTally()
+        else:
+            with teacher_session(job.teacher, self.run.log_dir) as stage_cfg:
+                self.run.start(config)
+                self.model = teacher_model_name(stage_cfg)
+                self._evolve_rounds(stage_cfg, items, done)
+        filters = self._filter(self.items, decontaminator)
+        return self._write(config, pool, self.items, filters, cluster, t0)
+
+    def _evolve_rounds(self, stage_cfg: StageTeacherConfig, items: list[dict[str, Any]], done: int) -> None:
+        job, ev = self.job, self.job.evolution
+        cache = load_cache(self.run.cache_dir)
+        if cache:
+            log.info("resuming: %d teacher calls already in the cache", len(cache))
+        self.builders = {
+            "diversify": RequestBuilder(self.templates["diversify"], job.collection.sampling, self.model, cache),
+            "decompose": RequestBuilder(self.templates["decompose"], job.decomposition.sampling, self.model, cache),
+            "depth_constraint": RequestBuilder(self.templates["depth_constraint"], ev.sampling, self.model, cache),
+            "depth_background": RequestBuilder(self.templates["depth_background"], ev.sampling, self.model, cache),
+            "fusion": RequestBuilder(self.templates["fusion"], ev.sampling, self.model, cache),
+            "response": RequestBuilder(self.templates["response"], job.response.sampling, self.model, cache),
+        }
+        self.calls = TeacherCalls(stage_cfg, job.ray, self.run.cache_dir)
+        self.tally = self.calls.tally
+        if done < 0:
+            items = self._collect(self.pool.records)
+            self._finish_round(0, items)
+            done = 0
+        for t in range(done + 1, ev.rounds + 1):
+            if not any(it["evolvable"] for it in items):
+                log.warning("round %d: no evolvable item left; stopping the rounds early", t)
+                break
+            items = self._evolve(t, items)
+            self._finish_round(t, items)
+        self.items = items
 
     def _restore(self) -> tuple[list[dict[str, Any]], int]:
         loaded = self.checkpoint.load()
         if loaded is None:
             return [], -1
-        done, items, self.attempts, state = loaded
+        done, items, attempts, state = loaded
+        if state.get("config_hash") != self.config_hash:  # another job's rounds (the directory was reused with --force)
+            log.warning("%s holds another job's rounds; starting the rounds again", self.checkpoint.dir)
+            return [], -1
+        self.items, self.attempts = items, attempts
         self.round_metrics = state["rounds"][: done + 1]
         self.used_pairs = {tuple(p) for p in state["used_pairs"]}
         self.collection = state.get("collection", {})
+        self.teacher_model = state.get("teacher_model", "")
         log.info("resuming after round %d: %d items in the pool", done, len(items))
         return items, done
 
@@ -287,6 +306,8 @@ class TaCIERun:
             {k: round(v, 2) for k, v in m["success_rate"].items() if v is not None},
         )
         state = {
+            "config_hash": self.config_hash,
+            "teacher_model": self.model,
             "rounds": self.round_metrics,
             "used_pairs": sorted(list(p) for p in self.used_pairs),
             "collection": self.collection,
@@ -338,7 +359,7 @@ class TaCIERun:
             if row["diversify_error"]:
                 outcome, reason, texts = "api_error", row["diversify_error"], []
             else:
-                parsed = parse_diversified(row["diversify_text"], seed["instruction"], self.templates["diversify"])
+                parsed = parse_diversified(row["diversify_text"], seed["instruction"], self.templates["diversify"], n=n)
                 texts = list(parsed.instructions[:n])
                 outcome = parsed.outcome
                 reason = parsed.reason or "; ".join(parsed.dropped)[:500]
@@ -612,7 +633,7 @@ class TaCIERun:
         self.run.write_jsonl("sft_alpaca.jsonl", (
             {"id": it["id"], "instruction": it["instruction"], "input": "", "output": it["response"]} for it in kept
         ))
-        tally = self.calls.tally
+        tally = self.tally
         price = price_for(self.model, getattr(job.teacher, "price", None))
         tokens = {"prompt": sum(a["prompt_tokens"] for a in self.attempts),
                   "completion": sum(a["completion_tokens"] for a in self.attempts)}

@@ -10,7 +10,6 @@ the manifest reports.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,12 +29,6 @@ DEAD_TEACHER_STREAK = 16
 # Default rows per batch when the job does not set one: enough to keep every
 # in-flight slot of an HTTP teacher busy, and a large batch for an engine.
 _VLLM_BATCH = 64
-
-
-def derived_seed(*parts: object) -> int:
-    """A 32-bit seed that depends only on ``parts`` (stable across runs, batching and resumes)."""
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:4], "big")
 
 
 def sampling_json(cfg: SamplingConfig, seed: int) -> str:

@@ -42,12 +42,12 @@ def request_from_row(messages_json: str, sampling_json: str) -> ChatRequest:
     return ChatRequest.make(json.loads(messages_json), Sampling(**sampling))
 
 
-def _node_id() -> str:
+def node_id() -> str:
     try:
         import ray
 
         if ray.is_initialized():
-            return ray.get_runtime_context().get_node_id()
+            return ray.get_runtime_context().getnode_id()
     except Exception:  # pragma: no cover - outside Ray
         pass
     return socket.gethostname()
@@ -60,7 +60,7 @@ class TeacherStage:
         self.teacher = build_teacher(teacher_cfg)
         self.cache = CacheWriter(cache_dir)
         self.prefix = prefix
-        self.node = _node_id()
+        self.node = node_id()
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
         results: list[ChatResult | None] = [None] * len(batch)
