@@ -40,6 +40,7 @@ test: setup
 bench: setup
 	$(PY) benchmarks/teacher_throughput.py
 	$(PY) benchmarks/embedded_throughput.py
+	$(PY) benchmarks/scorer_throughput.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -23,6 +23,7 @@ from tests.conftest import CODE_ALPACA, GSM8K_TRAIN, SHARED, fusion_cli, read_js
 pytestmark = pytest.mark.vllm
 
 BENCH = SHARED / "data/bench"
+DEPTH, FUSION = 6, 6  # draws per round
 
 
 def _humaneval_prompt() -> str:
@@ -47,11 +48,14 @@ def _job(tmp: Path, rounds: int) -> Path:
         ],
         "teacher": {"kind": "embedded", "max_model_len": 2048},
         "collection": {"k_min": 2, "k_max": 4, "diversify": 1, "sampling": {"temperature": 0.9, "max_tokens": 256}},
-        "decomposition": {"sampling": {"temperature": 0.0, "max_tokens": 256}},
-        "scorer": {"backend": "hf", "num_perturbations": 10, "batch_size": 16},
-        "evolution": {"rounds": rounds, "depth_per_round": 4, "fusion_per_round": 4,
-                      "sampling": {"temperature": 0.7, "max_tokens": 320}},
-        "response": {"sampling": {"temperature": 0.2, "max_tokens": 160}},
+        # a 270M base model loops under greedy decoding: sample the decomposition
+        "decomposition": {"sampling": {"temperature": 0.7, "max_tokens": 320}},
+        # N_U = 10 as in the paper; bf16 halves the CPU time where the CPU has bf16 instructions
+        "scorer": {"backend": "hf", "num_perturbations": 10, "batch_size": 16, "dtype": "bfloat16", "max_length": 384,
+                   "num_cpus": 2},  # the teacher is idle while the scorer runs
+        "evolution": {"rounds": rounds, "depth_per_round": DEPTH, "fusion_per_round": FUSION,
+                      "sampling": {"temperature": 0.7, "max_tokens": 384}},
+        "response": {"sampling": {"temperature": 0.2, "max_tokens": 96}},
         "filters": {
             "decontaminate": [
                 {"name": "humaneval", "path": str(BENCH / "evalplus/HumanEvalPlus-v0.1.10.jsonl.gz")},
@@ -100,9 +104,10 @@ def test_pool_grows_over_rounds_with_metrics_per_round(runs):
             assert r["success_rate"][op] == pytest.approx(counts["ok"] / sum(counts.values()))
     evolution_ops = {"depth_constraint", "depth_background", "fusion_in_domain", "fusion_cross_domain"}
     for r in rounds[1:]:
-        # every draw of the round was attempted: 4 depth + 4 fusion (fewer only if pairs ran out)
+        # every draw of the round was attempted (fewer fusions only when no unused pair was left)
         attempted = sum(sum(c.values()) for op, c in r["attempts"].items() if op in evolution_ops)
-        assert 5 <= attempted <= 8
+        assert r["draws"]["depth"] == DEPTH and r["draws"]["fusion"] + r["draws"]["fusion_short"] == FUSION
+        assert attempted == DEPTH + r["draws"]["fusion"]
         assert r["pool_size"] - rounds[r["round"] - 1]["pool_size"] == sum(r["added"].values())
     assert {"seeds", "evolved", "all"} <= set(metrics["diversity"])
     # C(0) holds both seed sources' chosen seeds (one per cluster) and their diversifications
@@ -127,6 +132,20 @@ def test_lineage_and_fusion_counts(runs):
             same = parents[0]["root_domain"] == parents[1]["root_domain"]
             assert same == (it["operation"] == "fusion_in_domain")
         assert it["objectives"], "an evolved item carries its parsed objectives"
+    # Algorithm 1 as the pipeline ran it, whether or not the teacher's answer parsed:
+    # in-domain pairs share a root domain, cross-domain pairs do not, no pair is fused twice
+    attempts = pq.read_table(runs["dir"] / "attempts.parquet").to_pylist()
+    fusions = [a for a in attempts if a["operation"].startswith("fusion")]
+    assert {a["operation"] for a in fusions} == {"fusion_in_domain", "fusion_cross_domain"}
+    for a in fusions:
+        first, second = (by_id[p] for p in a["parent_ids"])
+        assert (first["root_domain"] == second["root_domain"]) == (a["operation"] == "fusion_in_domain")
+    pairs = [frozenset(a["parent_ids"]) for a in fusions]
+    assert len(pairs) == len(set(pairs))
+    for a in attempts:
+        if a["round"] >= 1 and a["operation"] != "response":
+            # only evolvable items are drawn: decomposed, answered, scored, under the token limit
+            assert all(by_id[p]["round"] < a["round"] and by_id[p]["evolvable"] for p in a["parent_ids"])
     fused_children = [it for it in items if it["operation"].startswith("fusion")]
     for it in items:
         assert it["n_fusions"] == sum(it["id"] in c["parent_ids"] for c in fused_children)

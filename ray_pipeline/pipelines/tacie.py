@@ -225,6 +225,7 @@ class TaCIERun:
         self.round_metrics: list[dict[str, Any]] = []
         self.used_pairs: set[tuple[str, str]] = set()
         self.collection: dict[str, Any] = {}
+        self.draws: dict[int, dict[str, int]] = {}
 
     # ------------------------------------------------------------------ main
     def execute(self) -> dict[str, Any]:
@@ -361,8 +362,11 @@ class TaCIERun:
             else:
                 parsed = parse_diversified(row["diversify_text"], seed["instruction"], self.templates["diversify"], n=n)
                 texts = list(parsed.instructions[:n])
-                outcome = parsed.outcome
-                reason = parsed.reason or "; ".join(parsed.dropped)[:500]
+                cut = bool(texts) and _cut_off(row["diversify_text"], row["diversify_finish_reason"], texts[-1])
+                if cut:
+                    texts.pop()  # the last entry ran into max_tokens
+                outcome = "ok" if texts else "parse_error"
+                reason = parsed.reason or "; ".join(parsed.dropped + (("last entry cut off at max_tokens",) if cut else ()))[:500]
             self._attempt(0, "diversify", "", [seed["id"]], outcome, reason, row, "diversify")
             for j, text in enumerate(texts):
                 new.append(
@@ -448,8 +452,8 @@ class TaCIERun:
         by_id = {r["id"]: r for r in scored}
         for it in items:
             r = by_id[it["id"]]
-            it["q"] = float(r["q"])
-            it["uncertainty"] = float(r["uncertainty"])
+            it["q"] = _float(r["q"])  # NaN (None after Ray) when nothing of the response could be scored
+            it["uncertainty"] = _float(r["uncertainty"])
             it["instruction_tokens"] = int(r["instruction_tokens"])
 
     # ------------------------------------------------ rounds t >= 1: evolve
@@ -471,6 +475,8 @@ class TaCIERun:
         draw = sample_fusion_pairs(candidates, k_fusion, rng, exclude=frozenset(self.used_pairs))
         if draw.shortfall:
             log.warning("round %d: %d fusion pairs short (no unused pair left)", t, draw.shortfall)
+        self.draws[t] = {"depth": len(depth), "fusion": len(draw.pairs), "fusion_short": draw.shortfall,
+                         "cross_as_in_domain": draw.cross_as_in_domain}
 
         requests: list[dict[str, Any]] = []
         pair_of: dict[int, FusionPair] = {}
@@ -506,6 +512,8 @@ class TaCIERun:
                 tpl = self.templates["fusion" if op.startswith("fusion") else op]
                 parsed = parse_evolution(row["evolve_text"], tuple(p["instruction"] for p in parents), tpl)
                 outcome, reason = parsed.outcome, parsed.reason
+                if outcome == "ok" and _cut_off(row["evolve_text"], row["evolve_finish_reason"], parsed.instruction):
+                    outcome, reason = "parse_error", "rewritten prompt cut off at max_tokens"
             child_id = ""
             if outcome == "ok":
                 child_id = _item_id(op, *parent_ids, parsed.instruction)
@@ -569,6 +577,7 @@ class TaCIERun:
             "pool_size": len(valid),
             "evolvable": sum(it["evolvable"] for it in items),
             "added": dict(sorted(added.items())),
+            "draws": self.draws.get(t, {}),
             "attempts": {op: {o: c.get(o, 0) for o in _ATTEMPT_OUTCOMES} for op, c in sorted(attempts.items())},
             "success_rate": {op: c.get("ok", 0) / sum(c.values()) for op, c in sorted(attempts.items())},
             "over_token_limit": sum(it["status"] == "over_token_limit" for it in items if it["round"] == t),
@@ -683,6 +692,18 @@ class TaCIERun:
         manifest = _json_safe(manifest)
         self.run.write_manifest(manifest)
         return manifest
+
+
+def _cut_off(answer: str, finish_reason: str, last_piece: str) -> bool:
+    """Whether ``last_piece`` runs to the very end of an answer that stopped at max_tokens."""
+    if finish_reason != "length" or not last_piece.strip():
+        return False
+    tail = " ".join(last_piece.split())[-40:]
+    return " ".join(answer.split()).endswith(tail)
+
+
+def _float(value: Any) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def _u(items: list[dict[str, Any]]) -> float | None:
