@@ -42,8 +42,10 @@ Reading rules, shared by the parsers:
   lines that introduce the template's inputs (``Its elements:``, ``Task 2:``)
   end the answer.
 
-Evolution answers (depth evolution, task fusion) are the updated sections
-followed by ``Rewritten Prompt:`` (the other order is read too). The rewritten
+Evolution answers (depth evolution, task fusion) are ``Rewritten Prompt:``
+followed by the updated sections (the templates ask for the prompt first: a
+small model that loops in the sections has written it already), or the other
+order. The rewritten
 prompt ends at a ``Background`` header (the pattern starting over), at a
 section header followed by N/A, or at an input marker; ``Constraints:`` with a
 list under it may be part of a prompt and stays. An evolved item without its
@@ -449,7 +451,7 @@ def _next_text(lines: list[str], i: int) -> str:
 def parse_evolution(
     text: str | None, parents: tuple[str, ...], template: PromptTemplate | None = None
 ) -> ParsedEvolution:
-    """Read a depth-evolution or fusion answer: updated sections, then ``Rewritten Prompt:``.
+    """Read a depth-evolution or fusion answer: ``Rewritten Prompt:`` and the updated sections (either order).
 
     ``invalid`` when the teacher answered ``INVALID PROMPT``; ``parse_error`` when
     the rewritten prompt is missing, empty, too short or a copy of a parent, when

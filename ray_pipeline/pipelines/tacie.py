@@ -243,8 +243,8 @@ class TaCIERun:
 
         cluster = connect(self.address or job.ray.address)
         items, done = self._restore()
-        if done >= ev.rounds:
-            # every round is in the checkpoint: filter and write again, without starting the teacher
+        if done >= ev.rounds or (done >= 0 and not any(it["evolvable"] for it in items)):
+            # nothing left to do for the teacher: filter and write again without starting it
             self.model = self.teacher_model
             self.tally = CallTally()
         else:
@@ -302,9 +302,9 @@ class TaCIERun:
         self.round_metrics = self.round_metrics[:t] + [self._round_metrics(t, items)]
         m = self.round_metrics[-1]
         log.info(
-            "round %d: pool %d (+%s), diversity U %.5f, success %s",
-            t, m["pool_size"], m["added"], m["diversity_u"] if m["diversity_u"] == m["diversity_u"] else float("nan"),
-            {k: round(v, 2) for k, v in m["success_rate"].items() if v is not None},
+            "round %d: pool %d (+%s), diversity U %s, success %s",
+            t, m["pool_size"], m["added"], "n/a" if m["diversity_u"] is None else f"{m['diversity_u']:.5f}",
+            {k: round(v, 2) for k, v in m["success_rate"].items()},
         )
         state = {
             "config_hash": self.config_hash,

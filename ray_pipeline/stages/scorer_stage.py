@@ -16,12 +16,11 @@ response has q = u = NaN.
 
 from __future__ import annotations
 
-
 import pandas as pd
 
 from ray_pipeline.config import ScorerConfig
-from ray_pipeline.scorers.base import build_scorer
 from ray_pipeline.determinism import derived_seed
+from ray_pipeline.scorers.base import build_scorer
 from ray_pipeline.stages.teacher_stage import node_id
 from ray_pipeline.uncertainty import perturb, sequence_probability, uncertainty
 

@@ -47,7 +47,7 @@ def node_id() -> str:
         import ray
 
         if ray.is_initialized():
-            return ray.get_runtime_context().getnode_id()
+            return ray.get_runtime_context().get_node_id()
     except Exception:  # pragma: no cover - outside Ray
         pass
     return socket.gethostname()
