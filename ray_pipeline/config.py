@@ -304,6 +304,12 @@ class FilterConfig(_Strict):
         return value
 
 
+class TaCIEResponseConfig(ResponseConfig):
+    """The answer to every item of the pool (code, math and general tasks)."""
+
+    template: str = "tacie_response@v1"
+
+
 class TaCIEJob(_Strict):
     kind: Literal["tacie"]
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -315,9 +321,7 @@ class TaCIEJob(_Strict):
     decomposition: DecompositionConfig = Field(default_factory=DecompositionConfig)
     scorer: ScorerConfig = Field(default_factory=ScorerConfig)
     evolution: EvolutionConfig = Field(default_factory=EvolutionConfig)
-    response: ResponseConfig = Field(
-        default_factory=lambda: ResponseConfig(template="tacie_response@v1", sampling=SamplingConfig(temperature=0.0, max_tokens=1024))
-    )
+    response: TaCIEResponseConfig = Field(default_factory=lambda: TaCIEResponseConfig())
     filters: FilterConfig = Field(default_factory=FilterConfig)
     output_dir: str | None = Field(None, description="run directory (default runs/<name>)")
     ray: RayConfig = Field(default_factory=RayConfig)

@@ -28,6 +28,8 @@ def test_defaults_follow_the_paper():
     assert job.collection.diversify == 3
     assert [b.name for b in job.filters.decontaminate] == ["humaneval", "mbpp", "gsm8k"]
     assert job.response.template == "tacie_response@v1"
+    # setting only the sampling keeps TaCIE's response template
+    assert parse_job(_tacie(response={"sampling": {"max_tokens": 64}})).response.template == "tacie_response@v1"
 
 
 @pytest.mark.parametrize(
