@@ -707,8 +707,9 @@ def _float(value: Any) -> float:
 
 
 def _u(items: list[dict[str, Any]]) -> float | None:
+    """Diversity U of the items' embeddings; None for fewer than 3 (two points are each other's neighbour: U = 0)."""
     vectors = [it["embedding"] for it in items if it["embedding"] is not None]
-    if len(vectors) < 2:
+    if len(vectors) < 3:
         return None
     return float(diversity_u(np.stack(vectors)))
 
