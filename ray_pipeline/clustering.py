@@ -26,11 +26,12 @@ when other sources are added.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+
+from ray_pipeline.determinism import derived_seed
 
 
 # A point less than this (in normalised units) below the chord is on it: float rounding, not a bend.
@@ -86,8 +87,7 @@ def cluster_and_pick(X: np.ndarray, k_min: int, k_max: int, seed: int) -> Cluste
 
 def source_seed(seed: int, source: str) -> int:
     """A per-source random seed derived from the job seed (stable across processes)."""
-    digest = hashlib.sha256(f"{seed}\x1f{source}".encode()).digest()
-    return int.from_bytes(digest[:4], "big")
+    return derived_seed(seed, source)
 
 
 def pick_per_source(
