@@ -40,7 +40,14 @@ from ray_pipeline.decomposition import Components, format_components, parse_deco
 from ray_pipeline.diversity import diversity_u
 from ray_pipeline.embeddings import embed_texts
 from ray_pipeline.errors import FusionError, SeedError
-from ray_pipeline.evolution_sampling import EvolvableItem, FusionPair, sample_depth, sample_fusion_pairs, update_after_round
+from ray_pipeline.evolution_sampling import (
+    EvolvableItem,
+    FusionPair,
+    pair_key,
+    sample_depth,
+    sample_fusion_pairs,
+    update_after_round,
+)
 from ray_pipeline.executor import connect, run_stage
 from ray_pipeline.filters import Decontaminator, load_benchmark_prompts, near_duplicates
 from ray_pipeline.outputs import RunDir, atomic_write_json, atomic_write_parquet, config_hash, package_versions
@@ -489,7 +496,7 @@ class TaCIERun:
         for n, pair in enumerate(draw.pairs):
             a, b = items[pool_idx[pair.first]], items[pool_idx[pair.second]]
             op = "fusion_cross_domain" if pair.cross_domain else "fusion_in_domain"
-            self.used_pairs.add(tuple(sorted((a["id"], b["id"]))))
+            self.used_pairs.add(pair_key(a["id"], b["id"]))
             seed = derived_seed(job.seed, "evolve", t, op, n, a["id"], b["id"])
             req = self.builders["fusion"].request(
                 seed,
@@ -588,15 +595,14 @@ class TaCIERun:
 
     # --------------------------------------------------------- filters, I/O
     def _filter(self, items: list[dict[str, Any]], decontaminator: Decontaminator) -> dict[str, Any]:
-        contaminated: Counter = Counter()
+        answered = [it for it in items if it["response"]]
         for it in items:
             if not it["response"]:
                 it["kept"], it["removed_reason"] = False, it["status"]
-                continue
-            bench = decontaminator.match(it["instruction"])
+        matches = decontaminator.match_all(it["instruction"] for it in answered)
+        for it, bench in zip(answered, matches):
             if bench:
                 it["kept"], it["removed_reason"] = False, f"contaminated:{bench}"
-                contaminated[bench] += 1
         near = 0
         threshold = self.job.filters.near_duplicate_threshold
         live = [i for i, it in enumerate(items) if it["kept"]]
@@ -610,7 +616,7 @@ class TaCIERun:
                     near += 1
         return {
             "near_duplicate": near,
-            "contaminated": {b.name: contaminated.get(b.name, 0) for b in self.job.filters.decontaminate},
+            "contaminated": decontaminator.counts(matches),
             "not_answered": sum(1 for it in items if not it["response"]),
             "kept": sum(it["kept"] for it in items),
         }
