@@ -188,14 +188,14 @@ class ResponseConfig(_Strict):
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.0, max_tokens=1024))
 
 
-class InstructionFusionJob(_Strict):
-    kind: Literal["instruction_fusion"]
+class _JobBase(_Strict):
+    """What every job kind has: a name, a seed, seed pools, a teacher, where to write, how to run on Ray."""
+
+    kind: str
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    seed: int = Field(0, description="random seed for pairing and sampling")
+    seed: int = Field(0, description="random seed: the same seed gives the same run")
     seeds: list[SeedSource] = Field(min_length=1)
     teacher: TeacherConfig
-    fusion: FusionConfig
-    response: ResponseConfig = Field(default_factory=ResponseConfig)
     output_dir: str | None = Field(None, description="run directory (default runs/<name>)")
     ray: RayConfig = Field(default_factory=RayConfig)
 
@@ -206,6 +206,12 @@ class InstructionFusionJob(_Strict):
 
     def run_dir(self) -> Path:
         return Path(self.output_dir) if self.output_dir else Path("runs") / self.name
+
+
+class InstructionFusionJob(_JobBase):
+    kind: Literal["instruction_fusion"]
+    fusion: FusionConfig
+    response: ResponseConfig = Field(default_factory=ResponseConfig)
 
 
 # ------------------------------------------------------------------- TaCIE
@@ -310,12 +316,8 @@ class TaCIEResponseConfig(ResponseConfig):
     template: str = "tacie_response@v1"
 
 
-class TaCIEJob(_Strict):
+class TaCIEJob(_JobBase):
     kind: Literal["tacie"]
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    seed: int = Field(0, description="random seed for clustering, sampling and perturbation")
-    seeds: list[SeedSource] = Field(min_length=1)
-    teacher: TeacherConfig
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
     collection: CollectionConfig = Field(default_factory=CollectionConfig)
     decomposition: DecompositionConfig = Field(default_factory=DecompositionConfig)
@@ -323,16 +325,6 @@ class TaCIEJob(_Strict):
     evolution: EvolutionConfig = Field(default_factory=EvolutionConfig)
     response: TaCIEResponseConfig = Field(default_factory=lambda: TaCIEResponseConfig())
     filters: FilterConfig = Field(default_factory=FilterConfig)
-    output_dir: str | None = Field(None, description="run directory (default runs/<name>)")
-    ray: RayConfig = Field(default_factory=RayConfig)
-
-    @field_validator("teacher", mode="before")
-    @classmethod
-    def _shorthand(cls, value: Any) -> Any:
-        return _teacher_shorthand(value)
-
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) if self.output_dir else Path("runs") / self.name
 
 
 Job = Annotated[Union[InstructionFusionJob, TaCIEJob], Field(discriminator="kind")]

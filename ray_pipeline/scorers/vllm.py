@@ -13,8 +13,6 @@ eager mode, and ``embedded.engine_environment`` (no reserved core on 2 cores).
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import os
 from typing import Any
 
@@ -68,16 +66,11 @@ class VLLMScorer(Scorer):
         return out
 
     def close(self) -> None:
+        from ray_pipeline.teachers.vllm_offline import shutdown_engine
+
         llm = getattr(self, "llm", None)
         self.llm = None
-        if llm is None:
-            return
-        engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-        with contextlib.suppress(Exception):
-            if engine_core is not None:
-                engine_core.shutdown()
-        del llm
-        gc.collect()
+        shutdown_engine(llm)
 
 
 def _platform_is_cpu() -> bool:

@@ -196,11 +196,16 @@ class VLLMOfflineTeacher(Teacher):
     def close(self) -> None:
         llm = getattr(self, "llm", None)
         self.llm = None
-        if llm is None:
-            return
-        engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-        with contextlib.suppress(Exception):
-            if engine_core is not None:
-                engine_core.shutdown()
-        del llm
-        gc.collect()
+        shutdown_engine(llm)
+
+
+def shutdown_engine(llm: Any) -> None:
+    """Stop a ``vllm.LLM``'s engine core (its worker processes) now, not at garbage collection."""
+    if llm is None:
+        return
+    engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    with contextlib.suppress(Exception):
+        if engine_core is not None:
+            engine_core.shutdown()
+    del llm
+    gc.collect()
