@@ -1,6 +1,6 @@
 """``fusion``: the command line.
 
-    fusion run JOB.yaml [--address ADDR] [--output-dir DIR] [--force]
+    fusion run JOB.yaml [--address ADDR] [--output-dir DIR] [--force]   (instruction_fusion, tacie, sft)
     fusion validate JOB.yaml
     fusion report RUN_DIR [--out DIR]
 
@@ -33,7 +33,8 @@ log = logging.getLogger("ray_pipeline")
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fusion",
-        description="Instruction-evolution data engine: Instruction Fusion and TaCIE on Ray with API or local vLLM teachers.",
+        description="Instruction-evolution data engine: Instruction Fusion and TaCIE on Ray with API or local vLLM "
+                    "teachers, and supervised fine-tuning on the result with Ray Train.",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -84,6 +85,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             "decontaminate": checked.benchmark_prompts, "scorer_model": checked.scorer_model,
         }, indent=2, default=str))
         return 0
+    if job.kind == "sft":
+        from ray_pipeline.pipelines.sft import preflight as sft_preflight
+        from ray_pipeline.pipelines.sft import resolve_strategy
+
+        prepared = sft_preflight(job)
+        print(json.dumps({
+            "job": job.name, "kind": job.kind, "model": prepared.model_path, "strategy": resolve_strategy(job),
+            "gradient_accumulation_steps": job.gradient_accumulation_steps, "data": prepared.data_report,
+        }, indent=2, default=str))
+        return 0
     pool = load_seeds(job.seeds)
     print(json.dumps({"job": job.name, "kind": job.kind, "seeds": pool.summary()}, indent=2, default=str))
     return 0
@@ -103,6 +114,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         manifest = run_tacie(job, address=args.address, force=args.force)
         return _report_tacie(manifest, job.run_dir())
+    if job.kind == "sft":
+        from ray_pipeline.pipelines.sft import run_sft
+
+        return _report_sft(run_sft(job, address=args.address, force=args.force), job.run_dir())
     raise FusionError(f"job kind {job.kind!r} is not supported by this version")
 
 
@@ -151,6 +166,23 @@ def _report_tacie(manifest: dict[str, Any], run_dir: Any) -> int:
             file=sys.stderr,
         )
         return EXIT_INCOMPLETE
+    return 0
+
+
+def _report_sft(manifest: dict[str, Any], run_dir: Any) -> int:
+    t, d = manifest["training"], manifest["data"]
+
+    def fmt(x: Any) -> str:
+        return "n/a" if x is None else f"{x:.4f}"
+
+    speed = f"{t['tokens_per_s']:.0f} tokens/s" if t["tokens_per_s"] else "n/a tokens/s"
+    mfu = f", MFU {100 * t['mfu']:.1f}%" if t.get("mfu") else ""
+    print(
+        f"{manifest['job']}: {t['steps']} steps on {d['sequences']} sequences ({d['examples_truncated']} truncated, "
+        f"{d['examples_dropped_no_response']} dropped) with {manifest['model']['strategy']} on {t['workers']} worker(s); "
+        f"loss {fmt(t['first_loss'])} -> {fmt(t['final_loss'])}; {speed}{mfu}; {manifest['wall_time_s']:.1f}s "
+        f"-> {run_dir}/model"
+    )
     return 0
 
 

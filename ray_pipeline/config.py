@@ -188,24 +188,29 @@ class ResponseConfig(_Strict):
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.0, max_tokens=1024))
 
 
-class _JobBase(_Strict):
-    """What every job kind has: a name, a seed, seed pools, a teacher, where to write, how to run on Ray."""
+class _JobCommon(_Strict):
+    """What every job kind has: a name, a seed and where to write."""
 
     kind: str
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     seed: int = Field(0, description="random seed: the same seed gives the same run")
+    output_dir: str | None = Field(None, description="run directory (default runs/<name>)")
+
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) if self.output_dir else Path("runs") / self.name
+
+
+class _JobBase(_JobCommon):
+    """A data job: seed pools, a teacher, and how its teacher stage runs on Ray."""
+
     seeds: list[SeedSource] = Field(min_length=1)
     teacher: TeacherConfig
-    output_dir: str | None = Field(None, description="run directory (default runs/<name>)")
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @field_validator("teacher", mode="before")
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
         return _teacher_shorthand(value)
-
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) if self.output_dir else Path("runs") / self.name
 
 
 class InstructionFusionJob(_JobBase):
@@ -327,7 +332,154 @@ class TaCIEJob(_JobBase):
     filters: FilterConfig = Field(default_factory=FilterConfig)
 
 
-Job = Annotated[Union[InstructionFusionJob, TaCIEJob], Field(discriminator="kind")]
+# --------------------------------------------------------------------- SFT
+class SFTModelConfig(_Strict):
+    """The causal LM to fine-tune."""
+
+    path: str = Field("embedded", description="local directory, Hugging Face id, or 'embedded' (the bundled Gemma 3 270M)")
+    chat_template: str | None = Field(None, description="Jinja chat template file for a model without one")
+    attn_implementation: str | None = Field(None, description="'sdpa', 'eager', 'flash_attention_2'; default: transformers' choice")
+    gradient_checkpointing: bool = False
+
+
+class SFTDataSource(_Strict):
+    """One SFT source: a run directory of an IF / TaCIE job, a file or directory, a URL, or a hub dataset.
+
+    Rows are read by the seed reader (Alpaca, OpenAI ``messages``, ShareGPT, GSM8K, ...);
+    a row needs an instruction and a response. ``fraction`` scales the rows taken
+    (0 leaves the source out: the papers' ablation; 2 repeats it twice); ``rows`` takes an exact count.
+    """
+
+    run: str | None = Field(None, description="run directory of an IF or TaCIE job (relative to the current directory, like output_dir)")
+    path: str | None = Field(None, description="JSON/JSONL/Parquet file or directory, or http(s) URL")
+    hf: str | None = Field(None, description="Hugging Face dataset id or local dataset directory")
+    hf_config: str | None = None
+    split: str = "train"
+    format: Literal["auto", "json", "jsonl", "parquet"] = "auto"
+    name: str | None = Field(None, description="label in the data report (default: the run's name or the file stem)")
+    fraction: float | None = Field(None, ge=0.0, description="rows taken = round(fraction x rows available); default 1")
+    rows: int | None = Field(None, ge=0, description="rows taken (sampled without replacement, then repeated if larger)")
+    limit: int | None = Field(None, gt=0, description="read only the first N valid rows")
+    max_malformed_fraction: float = Field(0.5, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _one_location(self) -> "SFTDataSource":
+        if sum(x is not None for x in (self.run, self.path, self.hf)) != 1:
+            raise ValueError("give exactly one of 'run', 'path' or 'hf'")
+        if self.fraction is not None and self.rows is not None:
+            raise ValueError("give at most one of 'fraction' or 'rows'")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        ref = self.run or self.path or self.hf or "data"
+        return Path(ref.rstrip("/")).name.split(".")[0] or "data"
+
+
+class SFTDataConfig(_Strict):
+    sources: list[SFTDataSource] = Field(min_length=1)
+    format: Literal["chat", "alpaca"] = Field("chat", description="chat: the tokenizer's chat template; alpaca: the Alpaca prompt")
+    alpaca_template: str = "sft_alpaca@v1"
+    system_prompt: str | None = Field(None, description="system message added to every chat example")
+    max_seq_len: int = Field(2048, gt=8, description="longer examples are cut (counted and reported)")
+    packing: bool = Field(False, description="pack several examples into each max_seq_len sequence")
+
+
+class LoRAConfig(_Strict):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+def _recipes() -> dict[str, dict[str, Any]]:
+    recipes = yaml.safe_load((Path(__file__).parent / "training" / "recipes.yaml").read_text(encoding="utf-8"))
+    return {str(k): v for k, v in recipes.items()}
+
+
+class TrainingConfig(_Strict):
+    """Optimisation. ``preset`` (if, tacie) fills the fields a job does not set."""
+
+    preset: str | None = Field(None, description="a recipe of ray_pipeline/training/recipes.yaml: if, tacie")
+    learning_rate: float = Field(2e-5, gt=0)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    epochs: int = Field(2, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps (the schedule still spans the epochs)")
+    global_batch_size: int = Field(256, gt=0, description="sequences per optimizer step, over all workers")
+    per_device_batch_size: int = Field(4, gt=0, description="sequences per forward pass on one worker")
+    weight_decay: float = Field(0.0, ge=0.0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = Field(1e-8, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    precision: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="bf16/fp16: mixed precision (fp32 master weights)")
+    strategy: Literal["auto", "ddp", "deepspeed_zero2", "deepspeed_zero3"] = Field(
+        "auto", description="auto: DeepSpeed ZeRO-2 on GPUs (the papers' choice), DDP (gloo) on CPU"
+    )
+    lora: LoRAConfig | None = Field(None, description="train LoRA adapters (peft) instead of every weight")
+    save_steps: int | None = Field(None, gt=0, description="checkpoint every N optimizer steps (default: every epoch)")
+    keep_checkpoints: int = Field(2, gt=0)
+    max_failures: int = Field(0, ge=-1, description="worker-group restarts from the last checkpoint (-1: no limit)")
+    logging_steps: int = Field(1, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") is not None:
+            recipes = _recipes()
+            name = str(data["preset"])
+            if name not in recipes:
+                raise ValueError(f"preset: unknown recipe {name!r} (known: {', '.join(sorted(recipes))})")
+            data = {**recipes[name], **data}
+        return data
+
+
+class ScalingConfig(_Strict):
+    """Ray Train workers: one process (and one GPU, with use_gpu) per worker."""
+
+    num_workers: int = Field(1, gt=0)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(1.0, gt=0, description="with use_gpu")
+    storage_path: str | None = Field(
+        None, description="Ray Train checkpoints (default <run dir>/train); shared storage (NFS, s3://) for multi-node"
+    )
+
+
+class SFTRayConfig(_Strict):
+    address: str | None = Field(None, description="Ray address; default $RAY_ADDRESS, else a local Ray")
+
+
+class SFTJob(_JobCommon):
+    kind: Literal["sft"]
+    model: SFTModelConfig = Field(default_factory=SFTModelConfig)
+    data: SFTDataConfig
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    ray: SFTRayConfig = Field(default_factory=SFTRayConfig)
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> "SFTJob":
+        t, n = self.training, self.scaling.num_workers
+        per_step = t.per_device_batch_size * n
+        if t.global_batch_size % per_step:
+            raise ValueError(
+                f"training.global_batch_size {t.global_batch_size} is not a multiple of per_device_batch_size "
+                f"{t.per_device_batch_size} x num_workers {n} = {per_step}"
+            )
+        if t.lora is not None and t.strategy == "deepspeed_zero3":
+            raise ValueError("training.lora with deepspeed_zero3 is not supported: use deepspeed_zero2 or ddp")
+        return self
+
+    @property
+    def gradient_accumulation_steps(self) -> int:
+        t = self.training
+        return t.global_batch_size // (t.per_device_batch_size * self.scaling.num_workers)
+
+
+Job = Annotated[Union[InstructionFusionJob, TaCIEJob, SFTJob], Field(discriminator="kind")]
 _JOB_ADAPTER: TypeAdapter[Any] = TypeAdapter(Job)
 
 
@@ -341,7 +493,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return f"{source}: " + "; ".join(parts)
 
 
-_UNION_TAGS = {"openai", "vllm", "embedded", "instruction_fusion", "tacie"}
+_UNION_TAGS = {"openai", "vllm", "embedded", "instruction_fusion", "tacie", "sft"}
 
 
 def parse_job(data: Any, source: str = "job") -> Any:
@@ -349,7 +501,7 @@ def parse_job(data: Any, source: str = "job") -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a job file must be a YAML mapping with a 'kind' field")
     if "kind" not in data:
-        raise ConfigError(f"{source}: kind: missing (one of: instruction_fusion, tacie)")
+        raise ConfigError(f"{source}: kind: missing (one of: instruction_fusion, tacie, sft)")
     try:
         return _JOB_ADAPTER.validate_python(data)
     except ValidationError as err:
@@ -383,6 +535,13 @@ def load_job(path: str | os.PathLike[str]) -> Any:
         job.scorer.model = _relative_to(base, job.scorer.model, must_exist=True)
         job.scorer.chat_template = _relative_to(base, job.scorer.chat_template, must_exist=False)
         job.embedding.model = _relative_to(base, job.embedding.model, must_exist=True)
+    if isinstance(job, SFTJob):
+        for src in job.data.sources:
+            src.path = _relative_to(base, src.path, must_exist=False)
+            if src.hf and (base / src.hf).exists():
+                src.hf = _relative_to(base, src.hf, must_exist=True)
+        job.model.path = _relative_to(base, job.model.path, must_exist=True)
+        job.model.chat_template = _relative_to(base, job.model.chat_template, must_exist=False)
     return job
 
 

@@ -25,3 +25,7 @@ class SeedError(FusionError):
 
 class TeacherError(FusionError):
     """The teacher cannot be reached or set up."""
+
+
+class TrainingError(FusionError):
+    """Fine-tuning could not start or stopped (a worker failed, the model would not load, ...)."""

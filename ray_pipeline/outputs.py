@@ -109,6 +109,9 @@ def config_hash(config: dict[str, Any]) -> str:
     relevant["teacher"] = teacher
     if isinstance(relevant.get("evolution"), dict):  # more rounds continue a finished run
         relevant["evolution"] = {k: v for k, v in relevant["evolution"].items() if k != "rounds"}
+    if isinstance(relevant.get("training"), dict):  # how often to log or keep checkpoints changes no weight
+        relevant["training"] = {k: v for k, v in relevant["training"].items()
+                                if k not in ("logging_steps", "keep_checkpoints", "max_failures")}
     blob = json.dumps(relevant, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -21,18 +21,13 @@ and ``vllm`` (``prompt_logprobs`` of an in-process ``vllm.LLM``).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 from ray_pipeline.config import ScorerConfig
 from ray_pipeline.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    path: str
-    chat_template: str | None  # template text to use; None: the tokenizer's own
+from ray_pipeline.models import ResolvedModel, one_line
+from ray_pipeline.models import check_causal_lm as _check_causal_lm
+from ray_pipeline.models import resolve_model as resolve_causal_lm
 
 
 class Encoded(NamedTuple):
@@ -42,46 +37,9 @@ class Encoded(NamedTuple):
     start: int
 
 
-def one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return f"{type(err).__name__}: {text}"[:300]
-
-
 def resolve_model(cfg: ScorerConfig) -> ResolvedModel:
-    """The model to load and its chat template (default: the bundled Gemma 3 270M and our template)."""
-    if cfg.model is None:
-        from ray_pipeline.teachers.model_files import chat_template_text, ensure_embedded_model
-
-        path, template = str(ensure_embedded_model()), chat_template_text()
-    else:
-        path, template = cfg.model, None
-        local = Path(path).expanduser()
-        if path.startswith((".", "/", "~")) or local.exists():
-            if not local.exists():
-                raise ConfigError(f"scorer.model: {path} not found")
-            path = str(local)
-    if cfg.chat_template:
-        template_file = Path(cfg.chat_template).expanduser()
-        if not template_file.is_file():
-            raise ConfigError(f"scorer.chat_template: {cfg.chat_template} not found")
-        template = template_file.read_text(encoding="utf-8")
-    return ResolvedModel(path, template)
-
-
-def check_causal_lm(path: str) -> None:
-    """ConfigError (one line) unless ``path`` holds a causal language model."""
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    try:
-        config = AutoConfig.from_pretrained(path)
-    except Exception as err:  # noqa: BLE001 - OSError, ValueError, JSON errors: one line
-        raise ConfigError(f"scorer.model: cannot load {path}: {one_line(err)}") from None
-    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
-    architectures = getattr(config, "architectures", None) or []
-    if not (set(architectures) & causal if architectures else config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
-        named = ", ".join(architectures) or config.model_type
-        raise ConfigError(f"scorer.model: {path} is not a causal language model ({named})")
+    """The scorer model and its chat template (default: the bundled Gemma 3 270M and our template)."""
+    return resolve_causal_lm(cfg.model, cfg.chat_template, "scorer")
 
 
 class Scorer(ABC):
@@ -92,7 +50,7 @@ class Scorer(ABC):
 
         self.cfg = cfg
         self.model = resolve_model(cfg)
-        check_causal_lm(self.model.path)
+        _check_causal_lm(self.model.path, "scorer")
         try:
             self.tokenizer: Any = AutoTokenizer.from_pretrained(self.model.path)
         except Exception as err:  # noqa: BLE001

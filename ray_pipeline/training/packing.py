@@ -1,0 +1,158 @@
+"""Packing tokenized SFT examples into fixed-budget sequences, their Arrow table, and batch collation.
+
+How packed examples are kept apart (transformers 5.19): a packed batch carries
+``position_ids`` that restart at 0 for every example and NO ``attention_mask``.
+``masking_utils.create_causal_mask`` (and the sliding-window / chunked variants)
+then calls ``find_packed_sequence_indices(position_ids)`` -- a new sequence
+starts wherever the position does not grow by exactly 1 -- and ANDs the causal
+mask with "same sequence", for sdpa, eager and flex attention alike; flash
+attention derives its varlen boundaries from the same ``position_ids``. The
+detection runs only when the model gets ``attention_mask=None`` AND
+``past_key_values is None``: since Llama/Gemma create a ``DynamicCache``
+whenever ``use_cache`` is true (``config.use_cache`` defaults to True), a
+packed batch must be run with ``use_cache=False`` or the examples attend to
+each other silently. Right padding of a packed row gets positions ``0..k-1``,
+so the padding is one more sequence of its own (its labels are -100).
+
+Hugging Face models shift labels inside the model, so the last token of one
+example would predict the first token of the next: every example's first
+label in a pack is therefore ``IGNORE_INDEX`` (it is never a target unpacked
+either).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Mapping, Sequence
+
+import pyarrow as pa
+
+from ray_pipeline.errors import ConfigError
+from ray_pipeline.training.sft_format import IGNORE_INDEX, TokenizedExample
+
+if TYPE_CHECKING:
+    import torch
+
+SEQUENCE_SCHEMA = pa.schema(
+    [
+        ("input_ids", pa.list_(pa.int32())),
+        ("labels", pa.list_(pa.int32())),
+        ("position_ids", pa.list_(pa.int32())),
+        ("num_tokens", pa.int32()),
+        ("num_trainable", pa.int32()),
+    ]
+)
+
+
+def _first_fit_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing: indices of ``lengths`` grouped into bins of total <= ``capacity``.
+
+    Items go longest first (ties by index); each into the lowest-numbered bin it fits in, found
+    in O(log n) with a max-segment-tree over the bins' free space (unopened bins are full-size).
+    """
+    n = len(lengths)
+    size = 1
+    while size < max(n, 1):
+        size *= 2
+    free = [0] * (2 * size)
+    free[size : size + n] = [capacity] * n
+    for node in range(size - 1, 0, -1):
+        free[node] = max(free[2 * node], free[2 * node + 1])
+    bins: list[list[int]] = []
+    for index in sorted(range(n), key=lambda i: (-lengths[i], i)):
+        need = lengths[index]
+        node = 1
+        while node < size:  # descend to the leftmost leaf with enough free space
+            node = 2 * node if free[2 * node] >= need else 2 * node + 1
+        slot = node - size
+        if slot == len(bins):
+            bins.append([])
+        bins[slot].append(index)
+        free[node] -= need
+        node //= 2
+        while node:
+            free[node] = max(free[2 * node], free[2 * node + 1])
+            node //= 2
+    return bins
+
+
+def pack_examples(examples: Sequence[TokenizedExample], max_seq_len: int) -> list[dict[str, list[int]]]:
+    """Pack examples into sequences of at most ``max_seq_len`` tokens (deterministic first-fit decreasing).
+
+    Each pack is ``{"input_ids", "labels", "position_ids"}``; positions restart at 0 for every
+    example and each example's first label is ``IGNORE_INDEX``. Every token appears exactly once.
+    ConfigError if an example is longer than ``max_seq_len``.
+    """
+    lengths = [len(example.input_ids) for example in examples]
+    too_long = [n for n in lengths if n > max_seq_len]
+    if too_long:
+        raise ConfigError(f"cannot pack an example of {max(too_long)} tokens into max_seq_len {max_seq_len}")
+    if any(n == 0 for n in lengths):
+        raise ConfigError("cannot pack an empty example")
+    packs = []
+    for members in _first_fit_bins(lengths, max_seq_len):
+        pack: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
+        for index in members:
+            example = examples[index]
+            pack["input_ids"] += example.input_ids
+            pack["labels"] += [IGNORE_INDEX] + list(example.labels[1:])
+            pack["position_ids"] += range(len(example.input_ids))
+        packs.append(pack)
+    return packs
+
+
+def _row(item: TokenizedExample | Mapping[str, Sequence[int]]) -> tuple[list[int], list[int], list[int]]:
+    if isinstance(item, TokenizedExample):
+        input_ids, labels, positions = item.input_ids, item.labels, None
+    else:
+        input_ids, labels, positions = item["input_ids"], item["labels"], item.get("position_ids")
+    input_ids, labels = list(input_ids), list(labels)
+    positions = list(range(len(input_ids))) if positions is None else list(positions)
+    if not len(input_ids) == len(labels) == len(positions):
+        raise ValueError(f"row lengths differ: {len(input_ids)} ids, {len(labels)} labels, {len(positions)} positions")
+    return input_ids, labels, positions
+
+
+def sequences_table(examples_or_packs: Sequence[TokenizedExample | Mapping[str, Sequence[int]]]) -> pa.Table:
+    """Arrow table (``SEQUENCE_SCHEMA``) of examples or packs; unpacked rows get positions ``0..n-1``."""
+    rows = [_row(item) for item in examples_or_packs]
+    columns = {
+        "input_ids": [ids for ids, _, _ in rows],
+        "labels": [labels for _, labels, _ in rows],
+        "position_ids": [positions for _, _, positions in rows],
+        "num_tokens": [len(ids) for ids, _, _ in rows],
+        "num_trainable": [sum(label != IGNORE_INDEX for label in labels) for _, labels, _ in rows],
+    }
+    return pa.Table.from_pydict(columns, schema=SEQUENCE_SCHEMA)
+
+
+def collate(rows: Sequence[Mapping[str, Sequence[int]]], pad_token_id: int, packed: bool) -> dict[str, torch.Tensor]:
+    """Right-pad rows to the longest into a batch of int64 tensors.
+
+    Always ``input_ids`` and ``labels`` (-100 on padding). Unpacked: ``attention_mask`` (1 token,
+    0 padding). Packed: ``position_ids`` only (positions of the padding are ``0..k-1``, labels at
+    position 0 are -100) and no attention mask, so that transformers masks attention per example;
+    run the model with ``use_cache=False`` (see the module docstring).
+    """
+    import torch
+
+    if not rows:
+        raise ValueError("collate needs at least one row")
+    triples = [_row(row) for row in rows]
+    width = max(len(ids) for ids, _, _ in triples)
+    input_ids, labels, extra = [], [], []
+    for ids, row_labels, positions in triples:
+        pad = width - len(ids)
+        input_ids.append(ids + [pad_token_id] * pad)
+        if packed:
+            positions = positions + list(range(pad))
+            labels.append([IGNORE_INDEX if p == 0 else y for p, y in zip(positions, row_labels + [IGNORE_INDEX] * pad)])
+            extra.append(positions)
+        else:
+            labels.append(row_labels + [IGNORE_INDEX] * pad)
+            extra.append([1] * len(ids) + [0] * pad)
+    batch = {
+        "input_ids": torch.tensor(input_ids, dtype=torch.long),
+        "labels": torch.tensor(labels, dtype=torch.long),
+    }
+    batch["position_ids" if packed else "attention_mask"] = torch.tensor(extra, dtype=torch.long)
+    return batch
