@@ -27,8 +27,8 @@ def one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}"[:300]
 
 
-def resolve_model(model: str | None, chat_template: str | None, field: str) -> ResolvedModel:
-    """The model to load and its chat template; ``field`` names the job field in errors.
+def resolve_model(model: str | None, chat_template: str | None, model_field: str, template_field: str) -> ResolvedModel:
+    """The model to load and its chat template; the ``*_field`` names are the job's fields, for errors.
 
     ``None`` or ``"embedded"`` is the bundled Gemma 3 270M with our chat template;
     a path that looks local must exist; anything else is taken as a hub id.
@@ -42,27 +42,27 @@ def resolve_model(model: str | None, chat_template: str | None, field: str) -> R
         local = Path(model).expanduser()
         if model.startswith((".", "/", "~")) or local.exists():
             if not local.exists():
-                raise ConfigError(f"{field}.model: {model} not found")
+                raise ConfigError(f"{model_field}: {model} not found")
             path = str(local)
     if chat_template:
         template_file = Path(chat_template).expanduser()
         if not template_file.is_file():
-            raise ConfigError(f"{field}.chat_template: {chat_template} not found")
+            raise ConfigError(f"{template_field}: {chat_template} not found")
         template = template_file.read_text(encoding="utf-8")
     return ResolvedModel(path, template)
 
 
 def check_causal_lm(path: str, field: str) -> None:
-    """ConfigError (one line) unless ``path`` holds a causal language model."""
+    """ConfigError (one line) unless ``path`` holds a causal LM; ``field`` is the job field that named it."""
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     try:
         config = AutoConfig.from_pretrained(path)
     except Exception as err:  # noqa: BLE001 - OSError, ValueError, JSON errors: one line
-        raise ConfigError(f"{field}.model: cannot load {path}: {one_line(err)}") from None
+        raise ConfigError(f"{field}: cannot load {path}: {one_line(err)}") from None
     causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
     architectures = getattr(config, "architectures", None) or []
     if not (set(architectures) & causal if architectures else config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
         named = ", ".join(architectures) or config.model_type
-        raise ConfigError(f"{field}.model: {path} is not a causal language model ({named})")
+        raise ConfigError(f"{field}: {path} is not a causal language model ({named})")

@@ -60,7 +60,7 @@ def openai_teacher(base_url: str, **extra: Any) -> dict[str, Any]:
 
 
 def fusion_cli(*args: str, timeout: float = 600, **kwargs: Any) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0", **kwargs.pop("extra_env", {})}
     env.pop("RAY_ADDRESS", None)
     return subprocess.run(
         [sys.executable, "-m", "ray_pipeline.cli", *args],

@@ -91,3 +91,39 @@ def tiny_llama(vocab_size: int, seed: int = 0, attn_implementation: str = "sdpa"
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation=attn_implementation)
     return model.eval()
+
+
+def save_tiny_model(directory, seed: int = 0, tie_word_embeddings: bool = False):
+    """A tiny Llama + tokenizer saved in Hugging Face format at ``directory`` (what an SFT job loads)."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    tokenizer = tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=tie_word_embeddings,
+    )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+CONVERSATIONS = [
+    ("Write a Python function that returns the largest number in a list.", "def largest(xs):\n    return max(xs)"),
+    ("Add two numbers and print the sum.", "a, b = 2, 3\nprint(a + b)"),
+    ("Say hello.", "Hello!"),
+    ("Reverse a string s in Python.", "s[::-1]"),
+    ("What is the answer?", "The answer is 42."),
+    ("Print the numbers from 1 to 3, one per line, using a loop over range(1, 4).", "for i in range(1, 4):\n    print(i)"),
+    ("Return the length of a list.", "len(xs)"),
+    ("Square a number x.", "x * x"),
+]
+
+
+def seed_rows():
+    """The conversations above as seed records (what the SFT data reader yields)."""
+    return [{"instruction": q, "input": "", "output": a} for q, a in CONVERSATIONS]

@@ -73,8 +73,8 @@ def preflight(job: SFTJob) -> Prepared:
     from ray_pipeline.training.packing import pack_examples, sequences_table
     from ray_pipeline.training.sft_format import to_messages, tokenize_examples
 
-    resolved = resolve_model(job.model.path, job.model.chat_template, "model")
-    check_causal_lm(resolved.path, "model")
+    resolved = resolve_model(job.model.path, job.model.chat_template, "model.path", "model.chat_template")
+    check_causal_lm(resolved.path, "model.path")
     tokenizer = load_tokenizer(resolved.path, resolved.chat_template, job.data.format)
     rows, mix = load_sft_rows(job.data.sources, job.seed)
     conversations = [to_messages(r, job.data.system_prompt) for r in rows]

@@ -39,7 +39,7 @@ class Encoded(NamedTuple):
 
 def resolve_model(cfg: ScorerConfig) -> ResolvedModel:
     """The scorer model and its chat template (default: the bundled Gemma 3 270M and our template)."""
-    return resolve_causal_lm(cfg.model, cfg.chat_template, "scorer")
+    return resolve_causal_lm(cfg.model, cfg.chat_template, "scorer.model", "scorer.chat_template")
 
 
 class Scorer(ABC):
@@ -50,7 +50,7 @@ class Scorer(ABC):
 
         self.cfg = cfg
         self.model = resolve_model(cfg)
-        _check_causal_lm(self.model.path, "scorer")
+        _check_causal_lm(self.model.path, "scorer.model")
         try:
             self.tokenizer: Any = AutoTokenizer.from_pretrained(self.model.path)
         except Exception as err:  # noqa: BLE001

@@ -98,7 +98,8 @@ def load_sft_rows(sources: Sequence[SFTDataSource], seed: int) -> tuple[list[dic
     for i, (src, seed_src, seeds_report) in enumerate(zip(sources, seed_sources, pool.reports)):
         rows = by_label[src.label]
         wanted = _wanted(src, len(rows))
-        if not rows and wanted:
+        asked = src.rows if src.rows is not None else (1.0 if src.fraction is None else src.fraction)
+        if not rows and asked:
             raise ConfigError(
                 f"data.sources[{i}] ({src.label}): none of its {seeds_report.rows_kept} rows has a response "
                 "(an 'output' field or an assistant turn)"

@@ -142,12 +142,42 @@ def _torch_dtype(precision: str) -> Any:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
 
 
+def _model_config(path: str) -> Any:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path)
+    return getattr(config, "text_config", None) or config
+
+
 def _deepspeed_config(spec: TrainSpec, world_size: int) -> dict[str, Any]:
     from ray_pipeline.training.deepspeed_config import deepspeed_config
 
     stage = 3 if spec.strategy == "deepspeed_zero3" else 2
+    hidden = getattr(_model_config(spec.model_path), "hidden_size", None)
     return deepspeed_config(stage, spec.per_device_batch_size, spec.gradient_accumulation_steps, world_size,
-                            spec.precision, spec.max_grad_norm)
+                            spec.precision, spec.max_grad_norm, hidden_size=hidden)
+
+
+def _flops(spec: TrainSpec, mean_len: int, device: Any) -> tuple[float | None, float | None]:
+    """(model FLOPs per trained token, peak FLOP/s of this device); None where unknown.
+
+    LoRA runs get no figure: frozen weights skip the weight-gradient matmuls, so 6N would overstate them.
+    """
+    import torch
+
+    from ray_pipeline.errors import ConfigError
+    from ray_pipeline.training.flops import flops_per_token, peak_flops
+
+    if spec.lora is not None:
+        return None, None
+    try:
+        per_token = flops_per_token(_model_config(spec.model_path), max(1, mean_len))
+    except ConfigError:
+        return None, None
+    peak = None
+    if device.type == "cuda" and spec.precision != "fp32":
+        peak = peak_flops(torch.cuda.get_device_name(device), "bfloat16" if spec.precision == "bf16" else "float16")
+    return per_token, peak
 
 
 def load_model(spec: TrainSpec, ds_config: dict[str, Any] | None) -> tuple[Any, Any]:
@@ -378,9 +408,12 @@ def _checkpoint(engine: _Engine | None, state: TrainState, session: Session, met
         session.report(metrics, directory if wrote else None, name)
 
 
-def train(spec: TrainSpec, table: Any, session: Session, flops_per_token: float | None = None,
-          peak_flops: float | None = None) -> TrainState:
-    """Train (or resume, or find the run finished); returns the final state (complete on rank 0)."""
+def train(spec: TrainSpec, table: Any, session: Session) -> TrainState:
+    """Train (or resume, or find the run finished); returns the final state (complete on rank 0).
+
+    Every step records its loss, learning rate, gradient norm, tokens per second and, on a
+    GPU whose peak is known, model FLOPs utilisation (:mod:`ray_pipeline.training.flops`).
+    """
     import torch
 
     from ray_pipeline.training.packing import collate
@@ -406,6 +439,8 @@ def train(spec: TrainSpec, table: Any, session: Session, flops_per_token: float 
                  plan.sequences, plan.stop_step, plan.steps_per_epoch, plan.global_batch,
                  spec.gradient_accumulation_steps, spec.per_device_batch_size, session.world_size)
     engine.model.train()
+    lengths = table.column("num_tokens").to_pylist()
+    flops_per_token, peak_flops = _flops(spec, int(round(float(np.mean(lengths)))), engine.device)
     save_every = spec.save_steps or plan.steps_per_epoch
 
     def rows(idx: np.ndarray) -> list[dict[str, list[int]]]:

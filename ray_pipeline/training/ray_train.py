@@ -60,11 +60,29 @@ def _worker(config: dict[str, Any]) -> None:
 
     from ray_pipeline.training.loop import TrainSpec, train
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("torch.distributed", "deepspeed", "DeepSpeed"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_worker_logs()
     table = ray.get(config["data"])
     train(TrainSpec(**config["spec"]), table, RayTrainSession())
+
+
+def quiet_worker_logs() -> None:
+    """Our step lines at INFO; other libraries' progress bars, INFO lines and deprecation notes off."""
+    import warnings
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("ray_pipeline").setLevel(logging.INFO)
+    for noisy in ("ray.train", "ray.data", "torch.distributed", "DeepSpeed", "deepspeed"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="torch")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover
+        pass
 
 
 def fit(spec: Any, table: Any, *, num_workers: int, use_gpu: bool, cpus_per_worker: float, gpus_per_worker: float,
