@@ -41,6 +41,7 @@ bench: setup
 	$(PY) benchmarks/teacher_throughput.py
 	$(PY) benchmarks/embedded_throughput.py
 	$(PY) benchmarks/scorer_throughput.py
+	$(VENV)/bin/torchrun --nproc-per-node 2 benchmarks/sft_mfu.py --model tiny --strategy ddp --precision fp32
 
 clean:
 	rm -rf runs .pytest_cache

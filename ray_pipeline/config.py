@@ -469,6 +469,8 @@ class SFTJob(_JobCommon):
                 f"training.global_batch_size {t.global_batch_size} is not a multiple of per_device_batch_size "
                 f"{t.per_device_batch_size} x num_workers {n} = {per_step}"
             )
+        if t.precision == "fp16" and not self.scaling.use_gpu:
+            raise ValueError("training.precision fp16 needs GPUs (scaling.use_gpu); use bf16 or fp32 on CPUs")
         if t.lora is not None and t.strategy == "deepspeed_zero3":
             raise ValueError("training.lora with deepspeed_zero3 is not supported: use deepspeed_zero2 or ddp")
         return self

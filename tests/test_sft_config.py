@@ -142,9 +142,27 @@ def test_bad_input_stops_before_any_worker_with_one_line(tmp_path, tiny):
     config.pop("chat_template", None)
     (bare_model / "tokenizer_config.json").write_text(json.dumps(config))
     cases.append((sft(model={"path": str(bare_model)}), "has no chat template"))
-    # a global batch that does not divide
-    cases.append((sft(model=model, training={"global_batch_size": 6, "per_device_batch_size": 4}),
-                  "global_batch_size 6 is not a multiple"))
+    # every case stops in the driver's preflight, before Ray and any worker
+    from ray_pipeline.pipelines.sft import preflight
+
     for job, expected in cases:
+        with pytest.raises(ConfigError) as err:
+            preflight(parse_job(job))
+        assert expected in str(err.value) and "\n" not in str(err.value), (expected, str(err.value))
+    # and through the command line: exit 2, one line, nothing written
+    for job, expected in (cases[1], cases[3]):
         code, line = run_bad(tmp_path, job)
         assert code == 2 and expected in line, (expected, line)
+
+
+def test_every_shipped_job_file_is_valid():
+    from ray_pipeline.config import load_job
+
+    files = sorted((REPO / "jobs").glob("*.yaml"))
+    kinds = {load_job(f).kind for f in files}
+    assert {"instruction_fusion", "tacie", "sft"} <= kinds
+    quick = load_job(REPO / "jobs" / "sft_quickstart.yaml")
+    assert Path(quick.data.sources[0].path) == QUICKSTART_SEEDS  # relative to the job file
+    assert quick.data.sources[1].run == "runs/quickstart"  # relative to the current directory, like output_dir
+    paper = load_job(REPO / "jobs" / "sft_if_paper.yaml")
+    assert paper.gradient_accumulation_steps == 8 and paper.training.learning_rate == 2e-5

@@ -115,3 +115,18 @@ def test_lora_trains_adapters_and_saves_a_merged_model(tiny, table, tmp_path):
     assert changed and all(("q_proj" in n or "v_proj" in n) for n in changed)
     model = AutoModelForCausalLM.from_pretrained(final / "model")
     assert model.config.use_cache is True
+
+
+def test_sequences_hold_the_table_rows_flat(table):
+    from ray_pipeline.training.packing import Sequences
+
+    seqs = Sequences.from_table(table.slice(1))  # a sliced table: offsets that do not start at 0
+    rows = table.slice(1).to_pylist()
+    assert len(seqs) == len(rows) == table.num_rows - 1
+    for i, row in enumerate(rows):
+        assert seqs.row(i) == {k: row[k] for k in ("input_ids", "labels", "position_ids")}
+    assert seqs.num_trainable.tolist() == [r["num_trainable"] for r in rows]
+    assert seqs.lengths.tolist() == [r["num_tokens"] for r in rows]
+    plain = Sequences.from_lists([r["input_ids"] for r in rows], [r["labels"] for r in rows])
+    assert all(plain.row(i) == seqs.row(i) for i in range(len(rows)))
+    assert seqs.values["input_ids"].dtype.itemsize == 4

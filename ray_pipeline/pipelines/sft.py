@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pyarrow as pa
+import yaml
 
 from ray_pipeline.config import SFTJob, job_to_dict
 from ray_pipeline.errors import ConfigError
@@ -108,6 +109,14 @@ def resolve_strategy(job: SFTJob) -> str:
     return "deepspeed_zero2" if job.scaling.use_gpu else "ddp"
 
 
+def storage_location(job: SFTJob) -> str:
+    """Where Ray Train keeps checkpoints: ``scaling.storage_path`` (a path or a URI such as s3://), else the run dir."""
+    where = job.scaling.storage_path
+    if where and "://" in where:
+        return where
+    return str(Path(where or job.run_dir()).expanduser().resolve())
+
+
 def train_spec(job: SFTJob, prepared: Prepared) -> Any:
     from ray_pipeline.training.loop import TrainSpec, env_fail_after_step
 
@@ -149,16 +158,13 @@ def run_sft(job: SFTJob, address: str | None = None, force: bool = False) -> dic
     run = RunDir(job.run_dir())
     run.check_compatible(config, force=force)
     prepared = preflight(job)
-    storage = Path(job.scaling.storage_path or run.path).expanduser()
-    if "://" not in str(job.scaling.storage_path or ""):
-        storage = storage.resolve()
+    storage = storage_location(job)
+    local_checkpoints = Path(storage) / ray_train.RUN_NAME if "://" not in storage else None
     previous = run.path / RunDir.JOB_FILE
-    if force and previous.is_file() and (storage / ray_train.RUN_NAME).exists():
-        import yaml
-
+    if force and previous.is_file() and local_checkpoints is not None and local_checkpoints.exists():
         if config_hash(yaml.safe_load(previous.read_text())) != config_hash(config):
-            log.warning("--force with a different SFT job: removing the old checkpoints in %s", storage / ray_train.RUN_NAME)
-            shutil.rmtree(storage / ray_train.RUN_NAME)
+            log.warning("--force with a different SFT job: removing the old checkpoints in %s", local_checkpoints)
+            shutil.rmtree(local_checkpoints)
     run.start(config)
     (run.path / "data").mkdir(exist_ok=True)
     run.write_table("data/sequences", prepared.table)
@@ -168,15 +174,17 @@ def run_sft(job: SFTJob, address: str | None = None, force: bool = False) -> dic
     spec = train_spec(job, prepared)
     log.info("%s: %d sequences, strategy %s, %d worker(s) -> %s", job.name, prepared.table.num_rows, spec.strategy,
              job.scaling.num_workers, run.path)
-    final = ray_train.fit(
+    checkpoint = ray_train.fit(
         spec, prepared.table, num_workers=job.scaling.num_workers, use_gpu=job.scaling.use_gpu,
         cpus_per_worker=job.scaling.cpus_per_worker, gpus_per_worker=job.scaling.gpus_per_worker,
         storage_path=storage, keep_checkpoints=job.training.keep_checkpoints, max_failures=job.training.max_failures,
     )
-    state = json.loads((final / STATE_FILE).read_text())
-    model_dir = _install_model(final / MODEL_DIR, run.path / MODEL_DIR, prepared.tokenizer)
-    if (final / ADAPTER_DIR).is_dir():
-        _replace_dir(final / ADAPTER_DIR, run.path / ADAPTER_DIR)
+    with checkpoint.as_directory() as directory:  # the path itself on local storage; a download from s3:// etc.
+        final = Path(directory)
+        state = json.loads((final / STATE_FILE).read_text())
+        model_dir = _install_model(final / MODEL_DIR, run.path / MODEL_DIR, prepared.tokenizer)
+        if (final / ADAPTER_DIR).is_dir():
+            _replace_dir(final / ADAPTER_DIR, run.path / ADAPTER_DIR)
     history = state["history"]
     run.write_jsonl("metrics.jsonl", history)
     _loss_curve(history, run.path / "loss_curve.png", job.name)
@@ -190,7 +198,7 @@ def run_sft(job: SFTJob, address: str | None = None, force: bool = False) -> dic
                   "precision": spec.precision, "lora": spec.lora is not None},
         "data": prepared.data_report,
         "training": metrics,
-        "checkpoints": str(storage / ray_train.RUN_NAME),
+        "checkpoints": f"{storage.rstrip('/')}/{ray_train.RUN_NAME}",
         "cluster": cluster,
         "wall_time_s": round(time.time() - started, 2),
         "versions": package_versions(("ray", "torch", "transformers", "deepspeed", "peft", "pyarrow", "pydantic")),

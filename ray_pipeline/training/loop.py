@@ -1,7 +1,7 @@
 """The SFT training loop of one worker: the same code under Ray Train, torchrun, or alone.
 
 :func:`train` gets a :class:`TrainSpec` (plain data), the tokenized sequences
-(an Arrow table from :mod:`ray_pipeline.training.packing`) and a
+(from :mod:`ray_pipeline.training.packing`) and a
 :class:`~ray_pipeline.training.session.Session`. It imports no Ray.
 
 Data order. Epoch e uses a permutation of the N sequences seeded by (seed, e);
@@ -84,6 +84,7 @@ class TrainSpec:
     save_steps: int | None = None
     logging_steps: int = 1
     fail_after_step: int | None = None  # fault injection for tests: raise after this step's checkpoint
+    save_model: bool = True  # False: the last report holds no model (throughput benchmarks)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -401,7 +402,10 @@ def _checkpoint(engine: _Engine | None, state: TrainState, session: Session, met
         directory = Path(tmp)
         wrote = False
         if engine is not None:
-            wrote = engine.save_final(directory) if final else engine.save_state(directory)
+            if final:
+                wrote = engine.save_final(directory) if engine.spec.save_model else False
+            else:
+                wrote = engine.save_state(directory)
         if session.is_main:
             (directory / STATE_FILE).write_text(json.dumps(asdict(state)))
             wrote = True
@@ -411,16 +415,19 @@ def _checkpoint(engine: _Engine | None, state: TrainState, session: Session, met
 def train(spec: TrainSpec, table: Any, session: Session) -> TrainState:
     """Train (or resume, or find the run finished); returns the final state (complete on rank 0).
 
+    ``table``: a sequences table (:func:`~ray_pipeline.training.packing.sequences_table`) or
+    :class:`~ray_pipeline.training.packing.Sequences`.
+
     Every step records its loss, learning rate, gradient norm, tokens per second and, on a
     GPU whose peak is known, model FLOPs utilisation (:mod:`ray_pipeline.training.flops`).
     """
     import torch
 
-    from ray_pipeline.training.packing import collate
+    from ray_pipeline.training.packing import Sequences, collate
 
-    plan = Plan.of(spec, table.num_rows, session.world_size)
-    columns = {name: table.column(name).to_pylist() for name in ("input_ids", "labels", "position_ids")}
-    trainable = np.asarray(table.column("num_trainable").to_pylist(), dtype=np.int64)
+    sequences = table if isinstance(table, Sequences) else Sequences.from_table(table)
+    plan = Plan.of(spec, len(sequences), session.world_size)
+    trainable, lengths = sequences.num_trainable, sequences.lengths
     state = TrainState()
     with session.latest_checkpoint() as ckpt:
         if ckpt is not None:
@@ -439,12 +446,11 @@ def train(spec: TrainSpec, table: Any, session: Session) -> TrainState:
                  plan.sequences, plan.stop_step, plan.steps_per_epoch, plan.global_batch,
                  spec.gradient_accumulation_steps, spec.per_device_batch_size, session.world_size)
     engine.model.train()
-    lengths = table.column("num_tokens").to_pylist()
     flops_per_token, peak_flops = _flops(spec, int(round(float(np.mean(lengths)))), engine.device)
     save_every = spec.save_steps or plan.steps_per_epoch
 
     def rows(idx: np.ndarray) -> list[dict[str, list[int]]]:
-        return [{k: columns[k][i] for k in columns} for i in idx]
+        return [sequences.row(int(i)) for i in idx]
 
     while state.step < plan.stop_step:
         started = time.perf_counter()
@@ -463,7 +469,7 @@ def train(spec: TrainSpec, table: Any, session: Session) -> TrainState:
             seen += int((batch["labels"] != -100).sum()) if len(part) else 0
             summed += engine.forward_backward(batch, divisor, last=j == len(parts) - 1, weight=weight)
         grad_norm = engine.optimizer_step()
-        summed, tokens = _all_reduce_sum([summed, float(sum(len(columns["input_ids"][i]) for p in parts for i in p))], session)
+        summed, tokens = _all_reduce_sum([summed, float(sum(int(lengths[p].sum()) for p in parts))], session)
         state.step += 1
         state.tokens_seen += int(tokens)
         elapsed = time.perf_counter() - started

@@ -24,23 +24,31 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Mapping, Sequence
 
-import pyarrow as pa
+import numpy as np
 
 from ray_pipeline.errors import ConfigError
 from ray_pipeline.training.sft_format import IGNORE_INDEX, TokenizedExample
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     import torch
 
-SEQUENCE_SCHEMA = pa.schema(
-    [
-        ("input_ids", pa.list_(pa.int32())),
-        ("labels", pa.list_(pa.int32())),
-        ("position_ids", pa.list_(pa.int32())),
-        ("num_tokens", pa.int32()),
-        ("num_trainable", pa.int32()),
-    ]
+# Column names and Arrow types of a sequences table (pyarrow is imported only to build one,
+# so the training loop and the GPU benchmark run where pyarrow is absent).
+SEQUENCE_COLUMNS = (
+    ("input_ids", "list<int32>"),
+    ("labels", "list<int32>"),
+    ("position_ids", "list<int32>"),
+    ("num_tokens", "int32"),
+    ("num_trainable", "int32"),
 )
+
+
+def sequence_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    types = {"list<int32>": pa.list_(pa.int32()), "int32": pa.int32()}
+    return pa.schema([(name, types[kind]) for name, kind in SEQUENCE_COLUMNS])
 
 
 def _first_fit_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
@@ -113,7 +121,9 @@ def _row(item: TokenizedExample | Mapping[str, Sequence[int]]) -> tuple[list[int
 
 
 def sequences_table(examples_or_packs: Sequence[TokenizedExample | Mapping[str, Sequence[int]]]) -> pa.Table:
-    """Arrow table (``SEQUENCE_SCHEMA``) of examples or packs; unpacked rows get positions ``0..n-1``."""
+    """Arrow table (:func:`sequence_schema`) of examples or packs; unpacked rows get positions ``0..n-1``."""
+    import pyarrow as pa
+
     rows = [_row(item) for item in examples_or_packs]
     columns = {
         "input_ids": [ids for ids, _, _ in rows],
@@ -122,7 +132,7 @@ def sequences_table(examples_or_packs: Sequence[TokenizedExample | Mapping[str, 
         "num_tokens": [len(ids) for ids, _, _ in rows],
         "num_trainable": [sum(label != IGNORE_INDEX for label in labels) for _, labels, _ in rows],
     }
-    return pa.Table.from_pydict(columns, schema=SEQUENCE_SCHEMA)
+    return pa.Table.from_pydict(columns, schema=sequence_schema())
 
 
 def collate(rows: Sequence[Mapping[str, Sequence[int]]], pad_token_id: int, packed: bool) -> dict[str, torch.Tensor]:
@@ -156,3 +166,55 @@ def collate(rows: Sequence[Mapping[str, Sequence[int]]], pad_token_id: int, pack
     }
     batch["position_ids" if packed else "attention_mask"] = torch.tensor(extra, dtype=torch.long)
     return batch
+
+
+class Sequences:
+    """The sequences a worker trains on, as flat int32 arrays and row offsets.
+
+    Four bytes a token whatever the row count (a list of Python ints costs ten
+    times that), built from a sequences table (:meth:`from_table`) or from plain
+    lists (:meth:`from_lists`, no pyarrow needed).
+    """
+
+    COLUMNS = ("input_ids", "labels", "position_ids")
+
+    def __init__(self, values: dict[str, np.ndarray], offsets: np.ndarray):
+        self.values, self.offsets = values, offsets
+        labels = values["labels"]
+        trainable = np.add.reduceat((labels != IGNORE_INDEX).astype(np.int64), offsets[:-1]) if len(labels) else []
+        lengths = np.diff(offsets)
+        self.num_trainable = np.where(lengths > 0, trainable, 0).astype(np.int64) if len(offsets) > 1 else np.zeros(0, np.int64)
+        self.lengths = lengths.astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def row(self, i: int) -> dict[str, list[int]]:
+        start, end = int(self.offsets[i]), int(self.offsets[i + 1])
+        return {name: self.values[name][start:end].tolist() for name in self.COLUMNS}
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> "Sequences":
+        values, offsets = {}, None
+        for name in cls.COLUMNS:
+            column = table.column(name).combine_chunks()
+            off = column.offsets.to_numpy().astype(np.int64)
+            flat = column.values.to_numpy(zero_copy_only=False)[off[0]:off[-1]].astype(np.int32)
+            values[name], off = flat, off - off[0]
+            if offsets is not None and not np.array_equal(offsets, off):
+                raise ValueError(f"sequences table: column {name} has rows of other lengths")
+            offsets = off
+        return cls(values, offsets)
+
+    @classmethod
+    def from_lists(cls, input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]],
+                   position_ids: Sequence[Sequence[int]] | None = None) -> "Sequences":
+        lengths = [len(ids) for ids in input_ids]
+        if position_ids is None:
+            position_ids = [range(n) for n in lengths]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+
+        def flat(rows: Sequence[Sequence[int]]) -> np.ndarray:
+            return np.fromiter((x for row in rows for x in row), dtype=np.int32, count=int(offsets[-1]))
+
+        return cls({"input_ids": flat(input_ids), "labels": flat(labels), "position_ids": flat(position_ids)}, offsets)

@@ -86,8 +86,8 @@ def quiet_worker_logs() -> None:
 
 
 def fit(spec: Any, table: Any, *, num_workers: int, use_gpu: bool, cpus_per_worker: float, gpus_per_worker: float,
-        storage_path: Path | str, keep_checkpoints: int, max_failures: int) -> Path:
-    """Run (or resume) the training; returns the local directory of the final checkpoint."""
+        storage_path: str, keep_checkpoints: int, max_failures: int) -> Any:
+    """Run (or resume) the training; returns the final ``ray.train.Checkpoint`` (``as_directory()`` to read it)."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -113,7 +113,7 @@ def fit(spec: Any, table: Any, *, num_workers: int, use_gpu: bool, cpus_per_work
         raise TrainingError(f"training failed: {_root_cause(result.error)}")
     if result.checkpoint is None:
         raise TrainingError("training finished without a final checkpoint")
-    return Path(result.checkpoint.path)
+    return result.checkpoint
 
 
 def _root_cause(err: BaseException) -> str:
