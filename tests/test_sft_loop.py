@@ -130,3 +130,34 @@ def test_sequences_hold_the_table_rows_flat(table):
     plain = Sequences.from_lists([r["input_ids"] for r in rows], [r["labels"] for r in rows])
     assert all(plain.row(i) == seqs.row(i) for i in range(len(rows)))
     assert seqs.values["input_ids"].dtype.itemsize == 4
+
+
+def test_lora_under_deepspeed_zero2_in_one_process(tiny, table, tmp_path, monkeypatch):
+    """DeepSpeed (CPU accelerator, gloo) with bf16 and LoRA: trains, checkpoints, saves adapter and merged model."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(key, value)
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
+    try:
+        state = run(spec(tiny, strategy="deepspeed_zero2", precision="bf16", lora=lora, learning_rate=1e-2,
+                         per_device_batch_size=2, gradient_accumulation_steps=2, save_steps=2), table, tmp_path / "ds")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    losses = [h["loss"] for h in state.history]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    assert all(h["grad_norm"] is not None for h in state.history)
+    names = sorted(p.name for p in (tmp_path / "ds").iterdir())
+    assert names == ["checkpoint_step000002", "checkpoint_step000004", "checkpoint_step000006_final"]
+    assert (tmp_path / "ds" / "checkpoint_step000004" / "deepspeed" / "state").is_dir()  # DeepSpeed's own format
+    final = tmp_path / "ds" / "checkpoint_step000006_final"
+    assert (final / "adapter" / "adapter_config.json").is_file()
+    config = json.loads((final / "model" / "config.json").read_text())
+    assert config["dtype"] == "bfloat16"

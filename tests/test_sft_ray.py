@@ -119,14 +119,14 @@ def test_zero3_partitions_the_model_and_matches_ddp(workdir, ddp_run):
 
 
 def test_gemma_270m_fine_tunes_with_one_worker(tmp_path):
-    """The bundled Gemma 3 270M (from the GGUF package), bf16 mixed precision, 3 steps on one batch."""
+    """The bundled Gemma 3 270M (from the GGUF package), bf16 mixed precision, 2 steps on the same batch."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     job = write_job(
         tmp_path, kind="sft", name="gemma", model={"path": "embedded"},
-        data={"sources": [{"path": str(QUICKSTART_SEEDS), "limit": 4}], "max_seq_len": 160},
-        training={"learning_rate": 5e-5, "lr_scheduler": "constant", "warmup_ratio": 0.0, "epochs": 3,
+        data={"sources": [{"path": str(QUICKSTART_SEEDS), "limit": 4}], "max_seq_len": 128},
+        training={"learning_rate": 5e-5, "lr_scheduler": "constant", "warmup_ratio": 0.0, "epochs": 2,
                   "global_batch_size": 4, "per_device_batch_size": 2, "precision": "bf16"},
         scaling={"num_workers": 1, "cpus_per_worker": 2},
         output_dir=str(tmp_path / "gemma"),
@@ -134,7 +134,7 @@ def test_gemma_270m_fine_tunes_with_one_worker(tmp_path):
     result = fusion_cli("run", str(job), timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     steps = read_jsonl(tmp_path / "gemma" / "metrics.jsonl")
-    assert len(steps) == 3 and steps[-1]["loss"] < steps[0]["loss"]
+    assert len(steps) == 2 and steps[-1]["loss"] < steps[0]["loss"]  # the same 4 examples twice
     model_dir = tmp_path / "gemma" / "model"
     config = json.loads((model_dir / "config.json").read_text())
     assert config["architectures"] == ["Gemma3ForCausalLM"] and config["dtype"] == "bfloat16"

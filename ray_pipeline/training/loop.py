@@ -216,6 +216,16 @@ def _local_param_count(model: Any) -> tuple[int, int]:
     return local, total
 
 
+def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable parameters; weight decay on matrices only (not on biases and norm weights), as usual."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if len(getattr(p, "ds_shape", p.shape)) >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]  # DeepSpeed's ZeRO optimizers reject an empty group
+
+
 def _scheduler(optimizer: Any, spec: TrainSpec, plan: Plan) -> Any:
     from transformers import get_scheduler
 
@@ -242,10 +252,9 @@ class _Engine:
         torch.manual_seed(derived_seed(spec.seed, "sft-init"))
         model, self._keep = load_model(spec, self.ds_config)
         self.local_params, self.total_params = _local_param_count(model)
-        params = [p for p in model.parameters() if p.requires_grad]
-        fused = self.device.type == "cuda"
-        optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, betas=tuple(spec.adam_betas), eps=spec.adam_eps,
-                                      weight_decay=spec.weight_decay, fused=fused or None)
+        optimizer = torch.optim.AdamW(_param_groups(model, spec.weight_decay), lr=spec.learning_rate,
+                                      betas=tuple(spec.adam_betas), eps=spec.adam_eps,
+                                      fused=(self.device.type == "cuda") or None)
         self.scheduler = _scheduler(optimizer, spec, plan)
         if self.deepspeed:
             import deepspeed
@@ -268,8 +277,8 @@ class _Engine:
         self.scaler = torch.amp.GradScaler("cuda") if (spec.precision == "fp16" and not self.deepspeed) else None
 
     # one micro-batch ------------------------------------------------------
-    def forward_backward(self, batch: dict[str, Any], divisor: float, last: bool, weight: float) -> float:
-        """Backward of (summed token loss x weight / divisor); returns the summed token loss."""
+    def forward_backward(self, batch: dict[str, Any], divisor: float, last: bool, weight: float) -> Any:
+        """Backward of (summed token loss x weight / divisor); returns the summed token loss (a detached tensor)."""
         import torch
 
         inputs = {k: v.to(self.device) for k, v in batch.items()}
@@ -293,7 +302,7 @@ class _Engine:
                 self.scaler.scale(loss).backward()
             else:
                 loss.backward()
-        return float(summed.detach()) * weight
+        return summed.detach() * weight  # read once per step: a float() here would sync the GPU every micro-batch
 
     def optimizer_step(self) -> float | None:
         """Clip, step, schedule; returns the gradient norm before clipping (None if unknown)."""
@@ -462,14 +471,13 @@ def train(spec: TrainSpec, table: Any, session: Session) -> TrainState:
         # DDP averages gradients over ranks and DeepSpeed also over accumulation steps: undo both.
         scale = session.world_size * (spec.gradient_accumulation_steps if engine.deepspeed else 1)
         divisor = max(global_tokens, 1.0) / scale
-        summed, seen = 0.0, 0
+        summed = 0.0
         for j, part in enumerate(parts):
             weight = 1.0 if len(part) else 0.0
             batch = collate(rows(part if len(part) else indices[:1]), spec.pad_token_id, spec.packed)
-            seen += int((batch["labels"] != -100).sum()) if len(part) else 0
-            summed += engine.forward_backward(batch, divisor, last=j == len(parts) - 1, weight=weight)
+            summed = summed + engine.forward_backward(batch, divisor, last=j == len(parts) - 1, weight=weight)
         grad_norm = engine.optimizer_step()
-        summed, tokens = _all_reduce_sum([summed, float(sum(int(lengths[p].sum()) for p in parts))], session)
+        summed, tokens = _all_reduce_sum([float(summed), float(sum(int(lengths[p].sum()) for p in parts))], session)
         state.step += 1
         state.tokens_seen += int(tokens)
         elapsed = time.perf_counter() - started
