@@ -57,7 +57,28 @@ def run_job(job: Path) -> tuple[Path, dict, list[dict]]:
     return run, json.loads((run / "manifest.json").read_text()), pq.read_table(run / "test.parquet").to_pylist()
 
 
-def test_fusion_with_embedded_teacher(tmp_path, code_alpaca):
+def interrupt_when_answering(job: Path) -> tuple[int, str, set[int]]:
+    """Start `fusion run`, send Ctrl-C once the server has answered a call; (exit code, stderr, vLLM pids seen)."""
+    before = vllm_pids()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "ray_pipeline.cli", "run", str(job)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cache = job.parent / "run" / "cache"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if any(f.stat().st_size for f in cache.glob("calls-*.jsonl")):  # the server is answering
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, proc.stderr.read()[-3000:]
+    started = vllm_pids() - before
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err, started
+
+
+def test_fusion_with_embedded_teacher_interrupted_resumed_and_rerun(tmp_path, code_alpaca):
+    """Ctrl-C while the server answers, run again to the end, then once more from the cache alone."""
     job = write_job(
         tmp_path,
         teacher="embedded",
@@ -65,7 +86,18 @@ def test_fusion_with_embedded_teacher(tmp_path, code_alpaca):
         fusion={"num_instructions": 6, "max_attempts": 30, "sampling": {"temperature": 0.7, "max_tokens": 96}},
         response={"sampling": {"temperature": 0.2, "max_tokens": 128}},
     )
+    # Ctrl-C: exit 130, the server and its workers gone, no output written, finished calls kept
+    code, err, started = interrupt_when_answering(job)
+    assert code == 130, err[-3000:]
+    assert "resume" in err
+    assert started, "no vLLM process seen while the job was running"
+    assert not wait_gone(started), "vLLM processes survived Ctrl-C"
+    assert not (tmp_path / "run" / "test.parquet").exists()
+    cached_before = sum(len(read_jsonl(f)) for f in (tmp_path / "run" / "cache").glob("calls-*.jsonl"))
+    assert cached_before > 0, "finished calls were lost"
+    # run again: resumes from the calls the interrupted run finished
     run, manifest, rows = run_job(job)
+    assert manifest["this_run"]["cache_hits"] >= cached_before
     seeds = {s["id"]: s for s in load_seeds([SeedSource(path=str(CODE_ALPACA), limit=16)]).records}
     assert len(seeds) == 16
     assert manifest["teacher"] == {"kind": "embedded", "model": "gemma3-270m"}
@@ -79,8 +111,9 @@ def test_fusion_with_embedded_teacher(tmp_path, code_alpaca):
         assert r["parent_languages"] == [seeds[i]["language"] for i in r["parent_ids"]]
         assert r["teacher_model"] == "gemma3-270m" and r["fusion_template_sha256"] == fusion_sha
         assert r["fusion_prompt_tokens"] > 50 and r["fusion_completion_tokens"] > 0
-        assert r["fusion_raw"] and not r["fusion_cached"]
+        assert r["fusion_raw"]
         assert json.loads(r["fusion_sampling"])["max_tokens"] == 96
+    assert any(r["fusion_cached"] for r in rows)  # the calls the interrupted run finished
     selected = [r for r in rows if r["selected"]]
     assert len(selected) == 6
     for r in selected:
@@ -92,35 +125,9 @@ def test_fusion_with_embedded_teacher(tmp_path, code_alpaca):
     # The same job again: everything from the cache, no new call, same rows.
     _, manifest2, rows2 = run_job(job)
     assert manifest2["this_run"]["calls"] == 0
-    assert manifest2["this_run"]["cache_hits"] == manifest["this_run"]["calls"]
+    assert manifest2["this_run"]["cache_hits"] == manifest["this_run"]["calls"] + manifest["this_run"]["cache_hits"]
     stable = ("instruction", "response", "outcome", "parent_ids", "fusion_raw")
     assert [{k: r[k] for k in stable} for r in rows2] == [{k: r[k] for k in stable} for r in rows]
-
-
-def test_ctrl_c_stops_the_embedded_server(tmp_path, code_alpaca):
-    before = vllm_pids()
-    job = write_job(tmp_path, teacher="embedded", seeds=[{"path": str(code_alpaca), "limit": 16}],
-                    fusion={"num_instructions": 40, "sampling": {"max_tokens": 256}})
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen([sys.executable, "-m", "ray_pipeline.cli", "run", str(job)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    cache = tmp_path / "run" / "cache"
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        if any(f.stat().st_size for f in cache.glob("calls-*.jsonl")):  # the server is answering
-            break
-        time.sleep(0.5)
-    assert proc.poll() is None, proc.stderr.read()[-3000:]
-    started = vllm_pids() - before
-    assert started, "no vLLM process seen while the job was running"
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-3000:]
-    assert "resume" in err
-    assert not wait_gone(started), "vLLM processes survived Ctrl-C"
-    assert not (tmp_path / "run" / "test.parquet").exists()
-    assert any(f.stat().st_size for f in cache.glob("calls-*.jsonl")), "finished calls were lost"
 
 
 def test_fusion_with_in_process_vllm_teacher(tmp_path, code_alpaca):

@@ -161,3 +161,22 @@ def test_lora_under_deepspeed_zero2_in_one_process(tiny, table, tmp_path, monkey
     assert (final / "adapter" / "adapter_config.json").is_file()
     config = json.loads((final / "model" / "config.json").read_text())
     assert config["dtype"] == "bfloat16"
+
+
+def test_packed_sequences_train(tiny, tmp_path):
+    """Packing puts several examples in one sequence; the loop trains on packs like on examples."""
+    from transformers import AutoTokenizer
+
+    from ray_pipeline.training.packing import pack_examples, sequences_table
+    from ray_pipeline.training.sft_format import to_messages, tokenize_examples
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    examples, _ = tokenize_examples([to_messages(r) for r in seed_rows()], tokenizer, "chat", 256)
+    packs = pack_examples(examples, 256)
+    assert len(packs) < len(examples)
+    packed = sequences_table(packs)
+    assert sum(packed.column("num_trainable").to_pylist()) == sum(e.num_trainable for e in examples)
+    state = run(spec(tiny, packed=True, per_device_batch_size=len(packs), epochs=6), packed, tmp_path / "packed")
+    losses = [h["loss"] for h in state.history]
+    assert len(losses) == 6 and losses[-1] < 0.9 * losses[0]
+    assert state.history[0]["trainable_tokens"] == sum(packed.column("num_trainable").to_pylist())
