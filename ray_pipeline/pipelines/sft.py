@@ -95,7 +95,12 @@ def preflight(job: SFTJob) -> Prepared:
         "max_seq_len": job.data.max_seq_len,
         "packing": job.data.packing,
         "sequences": table.num_rows,
-        **{f"examples_{k}" if not k.startswith("examples") else k: v for k, v in stats.to_dict().items()},
+        "examples_in": stats.examples_in,
+        "examples_out": stats.examples_out,
+        "examples_truncated": stats.truncated,
+        "examples_dropped_no_response": stats.dropped_no_response,
+        "tokens": stats.tokens,
+        "trainable_tokens": stats.trainable_tokens,
     }
     if stats.truncated or stats.dropped_no_response:
         log.warning("%d of %d examples cut to %d tokens, %d dropped (no response token left)",
