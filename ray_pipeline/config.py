@@ -37,19 +37,28 @@ class _Strict(BaseModel):
 Domain = Literal["code", "math", "general"]
 
 
-class SeedSource(_Strict):
-    """One seed pool: a local file or directory, a URL, or a Hugging Face dataset."""
+class RowLocation(_Strict):
+    """Where rows are read from (by ``seeds.py``, the one reader): a file or directory, a URL, or a hub dataset."""
 
     path: str | None = Field(None, description="JSON/JSONL/Parquet file or directory, or http(s) URL")
     hf: str | None = Field(None, description="Hugging Face dataset id or local dataset directory")
     hf_config: str | None = None
     split: str = "train"
     format: Literal["auto", "json", "jsonl", "parquet"] = "auto"
+    limit: int | None = Field(None, gt=0, description="keep only the first N valid rows")
+    max_malformed_fraction: float = Field(0.5, ge=0.0, le=1.0)
+
+    def location(self) -> dict[str, Any]:
+        """These fields alone, to build another source that reads the same rows."""
+        return self.model_dump(include=set(RowLocation.model_fields))
+
+
+class SeedSource(RowLocation):
+    """One seed pool: a local file or directory, a URL, or a Hugging Face dataset."""
+
     name: str | None = Field(None, description="source label recorded on every seed (default: file stem or dataset id)")
     domain: Literal["auto", "code", "math", "general"] = "auto"
     language: str | None = Field(None, description="force the programming language of every seed")
-    limit: int | None = Field(None, gt=0, description="keep only the first N valid rows")
-    max_malformed_fraction: float = Field(0.5, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _one_location(self) -> "SeedSource":
@@ -342,7 +351,7 @@ class SFTModelConfig(_Strict):
     gradient_checkpointing: bool = False
 
 
-class SFTDataSource(_Strict):
+class SFTDataSource(RowLocation):
     """One SFT source: a run directory of an IF / TaCIE job, a file or directory, a URL, or a hub dataset.
 
     Rows are read by the seed reader (Alpaca, OpenAI ``messages``, ShareGPT, GSM8K, ...);
@@ -351,16 +360,9 @@ class SFTDataSource(_Strict):
     """
 
     run: str | None = Field(None, description="run directory of an IF or TaCIE job (relative to the current directory, like output_dir)")
-    path: str | None = Field(None, description="JSON/JSONL/Parquet file or directory, or http(s) URL")
-    hf: str | None = Field(None, description="Hugging Face dataset id or local dataset directory")
-    hf_config: str | None = None
-    split: str = "train"
-    format: Literal["auto", "json", "jsonl", "parquet"] = "auto"
     name: str | None = Field(None, description="label in the data report (default: the run's name or the file stem)")
     fraction: float | None = Field(None, ge=0.0, description="rows taken = round(fraction x rows available); default 1")
     rows: int | None = Field(None, ge=0, description="rows taken (sampled without replacement, then repeated if larger)")
-    limit: int | None = Field(None, gt=0, description="read only the first N valid rows")
-    max_malformed_fraction: float = Field(0.5, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _one_location(self) -> "SFTDataSource":

@@ -57,10 +57,8 @@ def _seed_source(index: int, src: SFTDataSource) -> SeedSource:
             raise ConfigError(
                 f"data.sources[{index}]: {src.run} has no {RUN_SFT_FILE} (not a finished instruction_fusion or tacie run)"
             )
-        return SeedSource(path=str(run / RUN_SFT_FILE), format="jsonl", name=src.label, limit=src.limit,
-                          max_malformed_fraction=src.max_malformed_fraction)
-    return SeedSource(path=src.path, hf=src.hf, hf_config=src.hf_config, split=src.split, format=src.format,
-                      name=src.label, limit=src.limit, max_malformed_fraction=src.max_malformed_fraction)
+        return SeedSource(**{**src.location(), "path": str(run / RUN_SFT_FILE), "format": "jsonl"}, name=src.label)
+    return SeedSource(**src.location(), name=src.label)
 
 
 def _wanted(src: SFTDataSource, available: int) -> int:

@@ -15,7 +15,6 @@ starts again.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 from abc import ABC, abstractmethod
@@ -23,7 +22,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-log = logging.getLogger("ray_pipeline.training")
 
 COMPLETE_MARKER = ".complete"
 
