@@ -14,12 +14,16 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-$(EXTRA)
 PYTEST_ARGS ?=
 
-.PHONY: run test setup bench clean help
+.PHONY: run test setup system-deps bench clean help
 
 help:
 	@echo "make run | make test | make bench | make clean   (EXTRA=cpu|gpu)"
 
-setup: $(STAMP)
+setup: $(STAMP) system-deps
+
+# bubblewrap and the MultiPL-E toolchains Debian packages (evaluation); a no-op when present
+system-deps:
+	@scripts/install_system_deps.sh
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -1,8 +1,9 @@
 """``fusion``: the command line.
 
-    fusion run JOB.yaml [--address ADDR] [--output-dir DIR] [--force]   (instruction_fusion, tacie, sft)
+    fusion run JOB.yaml [--address ADDR] [--output-dir DIR] [--force]   (instruction_fusion, tacie, sft, eval)
     fusion validate JOB.yaml
     fusion report RUN_DIR [--out DIR]
+    fusion compare RUN_DIR_OR_SUMMARY... [--out DIR]
 
 A user error prints one line, ``fusion: error: <cause>``, and exits 2. A run
 that stops before its target (attempt budget spent) keeps what it made, says
@@ -34,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fusion",
         description="Instruction-evolution data engine: Instruction Fusion and TaCIE on Ray with API or local vLLM "
-                    "teachers, and supervised fine-tuning on the result with Ray Train.",
+                    "teachers, supervised fine-tuning on the result with Ray Train, and evaluation on HumanEval(+), "
+                    "MBPP(+) and MultiPL-E in a bubblewrap sandbox.",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -58,7 +60,44 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir", help="run directory of a finished TaCIE job")
     rep.add_argument("--out", help="report directory (default RUN_DIR/report)")
     rep.set_defaults(func=_cmd_report)
+
+    cmp_ = sub.add_parser("compare", help="one table from several evaluation runs (models, checkpoints)",
+                          description="Merge the summary.json of evaluation runs into one table, each model's "
+                                      "difference from the first included; prints Markdown.")
+    cmp_.add_argument("runs", nargs="+", help="evaluation run directories or summary.json files")
+    cmp_.add_argument("--out", help="also write compare.md and compare.json into this directory")
+    cmp_.set_defaults(func=_cmd_compare)
     return p
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ray_pipeline.evaluation.results import compare, to_markdown
+    from ray_pipeline.outputs import atomic_write_json, atomic_write_text
+
+    loaded = []
+    for item in args.runs:
+        path = Path(item)
+        summary_file = path / "summary.json" if path.is_dir() else path
+        if not summary_file.is_file():
+            raise FusionError(f"{item}: no summary.json (not a finished evaluation run)")
+        try:
+            summary = json.loads(summary_file.read_text(encoding="utf-8"))
+            if not isinstance(summary.get("models"), dict) or not isinstance(summary.get("columns"), list):
+                raise ValueError("models or columns missing")
+        except (OSError, ValueError, AttributeError) as err:
+            raise FusionError(f"{summary_file}: not an evaluation summary ({err})") from None
+        source = summary_file.parent.name if summary_file.name == "summary.json" else summary_file.stem
+        loaded.append((source, summary))
+    merged = compare(loaded)
+    text = to_markdown(merged, title="Comparison")
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        atomic_write_json(out / "compare.json", merged)
+        atomic_write_text(out / "compare.md", text)
+    return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -83,6 +122,17 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             "job": job.name, "kind": job.kind, "seeds": checked.pool.summary(),
             "templates": {k: t.ref for k, t in checked.templates.items()},
             "decontaminate": checked.benchmark_prompts, "scorer_model": checked.scorer_model,
+        }, indent=2, default=str))
+        return 0
+    if job.kind == "eval":
+        from ray_pipeline.pipelines.evaluation import preflight as eval_preflight
+
+        suites, skipped = eval_preflight(job)
+        print(json.dumps({
+            "job": job.name, "kind": job.kind, "models": [m.label for m in job.models],
+            "suites": {s.name: {"tasks": len(s.problems), **({"skipped": skipped[s.name]} if s.name in skipped else {})}
+                       for s in suites},
+            "samples_per_model": job.sampling.n * sum(len(s.problems) for s in suites if s.name not in skipped),
         }, indent=2, default=str))
         return 0
     if job.kind == "sft":
@@ -118,6 +168,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from ray_pipeline.pipelines.sft import run_sft
 
         return _report_sft(run_sft(job, address=args.address, force=args.force), job.run_dir())
+    if job.kind == "eval":
+        from ray_pipeline.pipelines.evaluation import run_evaluation
+
+        return _report_eval(run_evaluation(job, address=args.address, force=args.force), job.run_dir())
     raise FusionError(f"job kind {job.kind!r} is not supported by this version")
 
 
@@ -183,6 +237,22 @@ def _report_sft(manifest: dict[str, Any], run_dir: Any) -> int:
         f"loss {fmt(t['first_loss'])} -> {fmt(t['final_loss'])}; {speed}{mfu}; {manifest['wall_time_s']:.1f}s "
         f"-> {run_dir}/model"
     )
+    return 0
+
+
+def _report_eval(manifest: dict[str, Any], run_dir: Any) -> int:
+    summary = manifest["summary"]
+    k = summary["k"][0]
+    for label, cells in summary["models"].items():
+        parts = []
+        for col in summary["columns"]:
+            cell = cells.get(col["key"], {})
+            value = cell.get(f"pass@{k}")
+            parts.append(f"{col['title']} {'skipped' if 'skipped' in cell else '-' if value is None else f'{100 * value:.1f}'}")
+        gen = manifest["generation"][label]
+        errors = f", {gen['errors']} generation errors" if gen["errors"] else ""
+        print(f"{label}: pass@{k} " + ", ".join(parts) + f" ({gen['samples']} samples{errors})")
+    print(f"{manifest['job']}: {manifest['wall_time_s']:.1f}s -> {run_dir}/summary.md")
     return 0
 
 

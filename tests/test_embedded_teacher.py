@@ -272,6 +272,17 @@ class TestEmbeddedTeacher:
             assert 0 < result.completion_tokens <= 24
             assert result.finish_reason in ("stop", "length")
 
+    def test_plain_completion_continues_the_prompt_without_the_chat_template(self, served):
+        _, teacher = served
+        prompt = 'def add(a, b):\n    """Return the sum of a and b."""\n'
+        sampling = Sampling(temperature=0.0, max_tokens=24, stop=("\ndef ",))
+        plain, chat = teacher.generate([ChatRequest.completion(prompt, sampling),
+                                        ChatRequest.make([{"role": "user", "content": prompt}], sampling)])
+        assert plain.ok and chat.ok, (plain.error, chat.error)
+        assert plain.text and "\ndef " not in plain.text
+        # the chat request carries the template's turn markers; the plain prompt is only its own tokens
+        assert 0 < plain.prompt_tokens < chat.prompt_tokens
+
     def test_close_leaves_no_process(self, served):
         server, teacher = served
         supervisor = server.pid
@@ -350,9 +361,11 @@ def test_vllm_offline_teacher_generates():
                 [{"role": "user", "content": "Count to five."}], Sampling(temperature=0.8, max_tokens=8, seed=2)
             ),
         ]
+        requests.append(ChatRequest.completion("def square(x):\n    return", Sampling(temperature=0.0, max_tokens=8)))
         seen = []
         results = teacher.generate(requests, on_result=lambda i, r: seen.append(i))
-        assert seen == [0, 1]
+        assert seen == [0, 1, 2]
+        assert results[2].prompt_tokens <= 12 < results[0].prompt_tokens  # no chat template around the plain prompt
         for result, request in zip(results, requests, strict=True):
             assert result.ok, result.error
             assert result.text

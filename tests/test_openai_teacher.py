@@ -116,6 +116,53 @@ def test_sampling_parameters_are_passed_through(make_server, make_teacher):
     assert (body["seed"], body["stop"]) == (11, ["END"])
 
 
+def test_completion_requests_go_to_the_completions_route_with_the_raw_prompt(make_server, make_teacher):
+    server = make_server(responder=lambda messages: "    return a + b\n")
+    teacher = make_teacher(server.base_url)
+    prompt = "def add(a, b):\n"
+    requests = [
+        ChatRequest.completion(prompt, Sampling(temperature=0.0, max_tokens=32, seed=3, stop=("\ndef ",))),
+        ChatRequest.make([{"role": "user", "content": prompt}], Sampling(temperature=0.0, max_tokens=32)),
+    ]
+    plain, chat = teacher.generate(requests)
+    assert plain.ok and plain.text == "    return a + b\n"
+    assert chat.ok and chat.text == "    return a + b\n"
+    bodies = sorted(server.calls, key=lambda c: "prompt" in c["body"])
+    assert "messages" in bodies[0]["body"] and "prompt" not in bodies[0]["body"]
+    sent = bodies[1]["body"]
+    assert sent["prompt"] == prompt and "messages" not in sent
+    assert sent["stop"] == ["\ndef "] and sent["seed"] == 3
+    many = ChatRequest.completion(prompt, Sampling(max_tokens=8, stop=tuple(f"\n#{i}" for i in range(6))))
+    assert teacher.generate([many])[0].ok  # an API takes at most 4 stop strings: the first 4 are sent
+    assert server.calls[-1]["body"]["stop"] == ["\n#0", "\n#1", "\n#2", "\n#3"]
+    # the two kinds of request never share a cache entry
+    assert requests[0].cache_key("m") != requests[1].cache_key("m")
+
+
+def test_a_rejected_request_names_the_servers_reason_but_an_auth_error_does_not():
+    import httpx
+    import openai
+
+    from ray_pipeline.teachers.openai_compat import _classify
+
+    request = httpx.Request("POST", "http://x/v1/completions")
+    bad = openai.BadRequestError("Error code: 400", response=httpx.Response(400, request=request),
+                                 body={"message": "List should have at most 4 items", "type": "Bad Request"})
+    assert _classify(bad).reason == "HTTP 400 (List should have at most 4 items)" and not _classify(bad).retryable
+    denied = openai.AuthenticationError("Incorrect API key sk-123", response=httpx.Response(401, request=request),
+                                        body=None)
+    assert _classify(denied).reason == "HTTP 401"
+
+
+def test_a_completion_body_without_text_is_malformed():
+    from ray_pipeline.teachers.openai_compat import MalformedResponse, _parse
+
+    with pytest.raises(MalformedResponse, match="not a completion"):
+        _parse({"choices": [{"message": {"content": "x"}}]}, completion=True)
+    assert _parse({"choices": [{"text": "x"}]}, completion=True).text == "x"
+    assert _parse({"choices": [{"message": {"content": "y"}}]}).text == "y"
+
+
 def test_empty_content_is_an_ok_empty_text_and_invalid_is_plain_text(make_server, make_teacher):
     server = make_server(faults=by_marker({"[empty]": always("empty"), "[invalid]": always("invalid")}))
     teacher = make_teacher(server.base_url)

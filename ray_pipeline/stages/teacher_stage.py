@@ -1,6 +1,7 @@
 """The one stage that talks to a teacher.
 
-Rows in: ``messages`` and ``sampling`` (JSON strings), ``cache_key`` and
+Rows in: ``messages`` (JSON of a message list, or of a string: a plain
+completion prompt) and ``sampling`` (JSON strings), ``cache_key`` and
 ``cached`` (the JSON of a cached result, or ""). Rows out: the same rows plus
 ``<prefix>_text``, ``_error``, ``_finish_reason``, ``_prompt_tokens``,
 ``_completion_tokens``, ``_latency_s``, ``_attempts``, ``_cached`` and ``_node``.
@@ -37,9 +38,13 @@ RESULT_FIELDS = (
 
 
 def request_from_row(messages_json: str, sampling_json: str) -> ChatRequest:
+    """The request a row describes: ``messages`` is the JSON of a message list, or of a string for a plain completion."""
     sampling = json.loads(sampling_json)
     sampling["stop"] = tuple(sampling.get("stop") or ())
-    return ChatRequest.make(json.loads(messages_json), Sampling(**sampling))
+    messages = json.loads(messages_json)
+    if isinstance(messages, str):
+        return ChatRequest.completion(messages, Sampling(**sampling))
+    return ChatRequest.make(messages, Sampling(**sampling))
 
 
 def node_id() -> str:

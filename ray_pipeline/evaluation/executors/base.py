@@ -1,0 +1,64 @@
+"""The one interface every executor implements.
+
+An executor turns (problem, solution) into a :class:`Verdict` by running the
+solution with the benchmark's tests inside the bubblewrap sandbox
+(``evaluation.sandbox``). What "solution" means is what the benchmark's own
+tooling takes: the whole Python program for evalplus (its ``solution`` field),
+the completion after the prompt for MultiPL-E (its ``completion`` field),
+which the executor assembles into ``prompt + completion + "\\n" + tests``.
+
+Backends, one short file each: ``evalplus`` (HumanEval+/MBPP+, Python),
+``java``, ``javascript``, ``cpp``, ``php``, ``rust``, ``swift`` (MultiPL-E).
+An executor whose toolchain is missing says so in ``unavailable_reason``; its
+problems are reported as skipped, never scored.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ray_pipeline.evaluation.problems import Problem
+
+
+@dataclass
+class Verdict:
+    """The outcome of one solution.
+
+    ``status`` is the benchmark's own word: evalplus's ``pass``/``fail``/``timeout``
+    for the plus tests, MultiPL-E's ``OK``/``SyntaxError``/``Exception``/
+    ``AssertionError``/``ReferenceError``/``Timeout``. ``passed`` is the
+    benchmark's rule (evalplus: base and plus tests pass; MultiPL-E: status OK
+    and exit code 0). ``base_status``/``base_passed`` are evalplus's base
+    (original HumanEval/MBPP) tests, None for MultiPL-E.
+    """
+
+    passed: bool
+    status: str
+    base_passed: bool | None = None
+    base_status: str | None = None
+    exit_code: int | None = None
+    detail: str = ""  # one short line: the first error line, "timeout after 15 s", ...
+    wall_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Executor(ABC):
+    """Scores solutions of one language in the sandbox."""
+
+    #: "python" or a MultiPL-E language key
+    language: str
+
+    def unavailable_reason(self) -> str | None:
+        """None when this executor can run here; else one line, e.g. "swiftc not found"."""
+        return None
+
+    @abstractmethod
+    def score(self, problem: Problem, solution: str) -> Verdict:
+        """Run ``solution`` against ``problem``'s tests; never raises for a bad solution."""
+
+    def close(self) -> None:
+        """Release what the executor holds (work directories, pools)."""

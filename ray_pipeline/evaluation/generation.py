@@ -1,0 +1,97 @@
+"""Generation requests for a model under evaluation, and its samples.
+
+One request per (problem, sample): a plain completion of the benchmark prompt
+(``prompt: completion``) or the ``eval_instruct`` chat template
+(``prompt: chat``), with the benchmark's stop sequences in completion mode.
+Each sample has its own seed, derived from the job seed, the model, the task
+and the sample index, so a rerun asks the same questions and is answered from
+the run's call cache. Requests are the teacher stage's rows
+(``stages.teacher_stage``): the same Ray Data stage and backends (OpenAI-
+compatible endpoint, in-process vLLM, the embedded server) as data generation.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ray_pipeline.config import EvalModelConfig, EvalSamplingConfig
+from ray_pipeline.determinism import derived_seed
+from ray_pipeline.evaluation import postprocess
+from ray_pipeline.evaluation.problems import LANGUAGE_TITLES, Problem
+from ray_pipeline.prompts import load_template
+from ray_pipeline.stages.teacher_stage import request_from_row
+from ray_pipeline.teachers.base import ChatResult
+
+PREFIX = "gen"
+
+
+def _sampling_json(cfg: EvalSamplingConfig, seed: int, stop: tuple[str, ...]) -> str:
+    return json.dumps(
+        {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "seed": seed,
+         "stop": list(stop)},
+        sort_keys=True,
+    )
+
+
+def request_rows(
+    problems: list[Problem],
+    model: EvalModelConfig,
+    sampling: EvalSamplingConfig,
+    job_seed: int,
+    model_name: str,
+    cache: dict[str, ChatResult],
+) -> list[dict[str, Any]]:
+    """Teacher-stage rows for every (problem, sample), with the problem's JSON riding along."""
+    template = load_template(model.template) if model.prompt == "chat" else None
+    rows = []
+    for problem in problems:
+        if template is None:
+            messages = json.dumps(postprocess.completion_prompt(problem), ensure_ascii=False)
+            stop = problem.stop
+        else:
+            language = LANGUAGE_TITLES.get(problem.language, problem.language.capitalize())
+            messages = json.dumps(template.render(language=language, prompt=problem.prompt.strip()), ensure_ascii=False)
+            stop = ()
+        for sample in range(sampling.n):
+            seed = derived_seed(job_seed, model.label, problem.suite, problem.task_id, sample)
+            sampling_json = _sampling_json(sampling, seed, stop)
+            key = request_from_row(messages, sampling_json).cache_key(model_name)
+            hit = cache.get(key)
+            rows.append({
+                "messages": messages,
+                "sampling": sampling_json,
+                "cache_key": key,
+                "cached": json.dumps(hit.to_json()) if hit is not None else "",
+                "model": model.label,
+                "suite": problem.suite,
+                "task_id": problem.task_id,
+                "sample": sample,
+                "problem": json.dumps(problem.to_json(), ensure_ascii=False),
+            })
+    return rows
+
+
+def to_sample(row: dict[str, Any], prompt_mode: str) -> dict[str, Any]:
+    """A generated sample: the raw answer and the solution the executor will run."""
+    problem = Problem.from_json(json.loads(row["problem"]))
+    answer = row[f"{PREFIX}_text"] or ""
+    error = row[f"{PREFIX}_error"] or ""
+    if error:
+        solution = ""
+    elif prompt_mode == "chat":
+        solution = postprocess.solution_from_chat(problem, answer)
+    else:
+        solution = postprocess.solution_from_completion(problem, answer)
+    return {
+        "model": row["model"],
+        "suite": row["suite"],
+        "task_id": row["task_id"],
+        "sample": int(row["sample"]),
+        "answer": answer,
+        "solution": solution,
+        "generation_error": error,
+        "finish_reason": row[f"{PREFIX}_finish_reason"],
+        "completion_tokens": int(row[f"{PREFIX}_completion_tokens"]),
+        "problem": row["problem"],
+    }

@@ -1,0 +1,51 @@
+"""What a benchmark problem is, whatever the benchmark.
+
+A :class:`Problem` is what generation needs (the prompt, the stop sequences)
+and what identifies a result (benchmark, language, task id). The test data an
+executor needs to score a solution (evalplus inputs and expected outputs,
+MultiPL-E's ``tests``) stays with that executor, keyed by task id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+#: MultiPL-E's language keys, in the papers' column order
+MULTIPLE_LANGUAGES = ("java", "js", "cpp", "php", "swift", "rs")
+#: names a user may write for a MultiPL-E language
+LANGUAGE_ALIASES = {
+    "java": "java",
+    "js": "js", "javascript": "js",
+    "cpp": "cpp", "c++": "cpp",
+    "php": "php",
+    "swift": "swift",
+    "rs": "rs", "rust": "rs",
+}
+#: column titles of the summary table
+LANGUAGE_TITLES = {"java": "Java", "js": "JavaScript", "cpp": "C++", "php": "PHP", "swift": "Swift", "rs": "Rust"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    benchmark: str  # "humaneval" | "mbpp" | "multiple"
+    language: str  # "python" or a MULTIPLE_LANGUAGES key
+    task_id: str  # "HumanEval/0", "Mbpp/2", "HumanEval_23_strlen"
+    prompt: str
+    entry_point: str = ""
+    stop: tuple[str, ...] = ()
+    tests: str = ""  # MultiPL-E's test program; empty for evalplus (its tests live with the executor)
+
+    @property
+    def suite(self) -> str:
+        """The summary column this problem counts towards: humaneval, mbpp or multiple-<lang>."""
+        return f"multiple-{self.language}" if self.benchmark == "multiple" else self.benchmark
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["stop"] = list(self.stop)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Problem":
+        return cls(**{**d, "stop": tuple(d.get("stop") or ())})

