@@ -361,15 +361,15 @@ def test_vllm_offline_teacher_generates():
                 [{"role": "user", "content": "Count to five."}], Sampling(temperature=0.8, max_tokens=8, seed=2)
             ),
         ]
-        requests.append(ChatRequest.completion("def square(x):\n    return", Sampling(temperature=0.0, max_tokens=8)))
+        requests.append(ChatRequest.completion("Say hello.", Sampling(temperature=0.0, max_tokens=8)))
         seen = []
         results = teacher.generate(requests, on_result=lambda i, r: seen.append(i))
         assert seen == [0, 1, 2]
-        assert results[2].prompt_tokens <= 12 < results[0].prompt_tokens  # no chat template around the plain prompt
+        assert results[2].prompt_tokens < results[0].prompt_tokens  # the same text, without the chat template
         for result, request in zip(results, requests, strict=True):
             assert result.ok, result.error
             assert result.text
-            assert result.prompt_tokens > 5
+            assert result.prompt_tokens > (2 if request.is_completion else 5)
             assert 0 < result.completion_tokens <= request.sampling.max_tokens
             assert result.finish_reason in ("stop", "length")
             assert result.latency_s > 0

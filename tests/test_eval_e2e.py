@@ -79,7 +79,7 @@ def _eval_job(tmp_path, **over):
             {"name": "multiple", "path": str(MULTIPLE), "languages": ["js", "cpp", "swift"],
              "tasks": ["HumanEval/23"]},
         ],
-        "sampling": {"n": 1, "temperature": 0.0, "max_tokens": 96},
+        "sampling": {"n": 1, "temperature": 0.0, "max_tokens": 64},
         "sandbox": {"parallel": 2},
     }
     job.update(over)

@@ -23,7 +23,7 @@ from tests.conftest import CODE_ALPACA, GSM8K_TRAIN, SHARED, fusion_cli, read_js
 pytestmark = pytest.mark.vllm
 
 BENCH = SHARED / "data/bench"
-DEPTH, FUSION = 8, 8  # draws per round
+DEPTH, FUSION = 6, 6  # draws per round
 
 
 def _humaneval_prompt() -> str:
