@@ -102,7 +102,9 @@ class EvaluationRun:
             name = configured_model_name(model.backend)
             rows = request_rows(problems, model, job.sampling, job.seed, name, cache)
             if rows and all(r["cached"] for r in rows):  # a rerun: every answer is in the cache, start no model
-                answered, tally = _from_cache(rows), CallTally(cache_hits=len(rows))
+                answered, tally = _from_cache(rows), CallTally()
+                for row in answered:
+                    tally.add(row, PREFIX)
             else:
                 with teacher_session(model.backend, self.run.log_dir) as stage_cfg:
                     calls = TeacherCalls(stage_cfg, job.ray, self.run.cache_dir)
