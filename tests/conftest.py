@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 CODE_ALPACA = SHARED / "data/seeds/codealpaca/code_alpaca_2k.json"
 GSM8K_TRAIN = SHARED / "data/seeds/gsm8k/train.jsonl"
+
+
+#: tests that run programs in the evaluation sandbox (make setup installs bubblewrap where it can)
+needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed")
 
 
 def require_shared() -> None:

@@ -11,7 +11,7 @@ import yaml
 from ray_pipeline.evaluation.evalplus_data import load_evalplus
 from ray_pipeline.evaluation.multiple_data import load_multiple
 from ray_pipeline.stages.score_stage import ScoreStage
-from tests.conftest import SHARED, fusion_cli, read_jsonl, require_shared
+from tests.conftest import SHARED, fusion_cli, needs_bwrap, read_jsonl, require_shared
 
 EVALPLUS = SHARED / "data/bench/evalplus"
 MULTIPLE = SHARED / "data/bench/multipl-e"
@@ -19,8 +19,6 @@ HE_PATH = EVALPLUS / "HumanEvalPlus-v0.1.10.jsonl.gz"
 MBPP_PATH = EVALPLUS / "MbppPlus-v0.2.0.jsonl.gz"
 SANDBOX = {"parallel": 2, "num_actors": 1, "memory_mb": 2048, "timeout_s": None, "min_time_limit": 1.0,
            "gt_time_limit_factor": 4.0}
-
-needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 
 
 @needs_bwrap

@@ -30,7 +30,9 @@ from ray_pipeline.evaluation.executors import evalplus as evalplus_executor
 from ray_pipeline.evaluation.executors.base import Verdict
 from ray_pipeline.evaluation.executors.evalplus import EvalPlusExecutor
 from ray_pipeline.evaluation.sandbox import Sandbox, SandboxError
-from tests.conftest import SHARED, require_shared
+from tests.conftest import SHARED, needs_bwrap, require_shared
+
+pytestmark = needs_bwrap
 
 HUMANEVAL = SHARED / "data/bench/evalplus/HumanEvalPlus-v0.1.10.jsonl.gz"
 MBPP = SHARED / "data/bench/evalplus/MbppPlus-v0.2.0.jsonl.gz"

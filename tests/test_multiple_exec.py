@@ -22,7 +22,9 @@ from ray_pipeline.evaluation.executors.swift import SwiftExecutor
 from ray_pipeline.evaluation.multiple_data import HF_DATASET, HF_REVISION, load_multiple
 from ray_pipeline.evaluation.problems import Problem
 from ray_pipeline.evaluation.sandbox import Sandbox
-from tests.conftest import SHARED, require_shared
+from tests.conftest import SHARED, needs_bwrap, require_shared
+
+pytestmark = needs_bwrap
 
 MULTIPLE_DIR = SHARED / "data/bench/multipl-e"
 #: problem counts of SOURCE.md

@@ -27,8 +27,10 @@ import pytest
 
 from ray_pipeline.evaluation import sandbox as sandbox_module
 from ray_pipeline.evaluation.sandbox import Limits, Outcome, Sandbox, SandboxError, slot_uid
-from tests.conftest import REPO
+from tests.conftest import REPO, needs_bwrap
 from tests.hostile_programs import CHECK, HOSTILE, SOLUTION, program
+
+pytestmark = needs_bwrap
 
 #: the wall clock is well above the CPU limit, so that a loaded machine still ends infinite_loop by CPU time
 LIMITS = Limits(wall_s=6, cpu_s=2, memory_mb=512, total_memory_mb=1024, disk_mb=128)
