@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from ray_pipeline.errors import ConfigError
+from ray_pipeline.evaluation.problems import LANGUAGE_ALIASES, MULTIPLE_LANGUAGES
 
 
 class _Strict(BaseModel):
@@ -485,9 +486,6 @@ class SFTJob(_JobCommon):
 
 
 # -------------------------------------------------------------- evaluation
-_BENCHMARKS = ("humaneval", "mbpp", "multiple")
-_ALL_LANGUAGES = ("java", "js", "cpp", "php", "swift", "rs")
-_LANGUAGE_ALIASES = {"javascript": "js", "rust": "rs", "c++": "cpp"}
 
 
 def _backend_shorthand(value: Any) -> Any:
@@ -524,7 +522,7 @@ class EvalBenchmarkConfig(_Strict):
         description="humaneval/mbpp: the evalplus .jsonl(.gz) (default: $HUMANEVAL_OVERRIDE_PATH / $MBPP_OVERRIDE_PATH, "
                     "else evalplus's download); multiple: a directory of humaneval-<lang>-reworded.jsonl (default: the hub)",
     )
-    languages: list[str] = Field(default_factory=lambda: list(_ALL_LANGUAGES), description="multiple only")
+    languages: list[str] = Field(default_factory=lambda: list(MULTIPLE_LANGUAGES), description="multiple only")
     limit: int | None = Field(None, gt=0, description="the first N tasks (per language)")
     tasks: list[str] | None = Field(None, min_length=1, description="only these task ids")
 
@@ -532,14 +530,14 @@ class EvalBenchmarkConfig(_Strict):
     @classmethod
     def _aliases(cls, value: Any) -> Any:
         if isinstance(value, list):
-            return [_LANGUAGE_ALIASES.get(str(v).lower(), str(v).lower()) for v in value]
+            return [LANGUAGE_ALIASES.get(str(v).lower(), str(v).lower()) for v in value]
         return value
 
     @model_validator(mode="after")
     def _check(self) -> "EvalBenchmarkConfig":
-        unknown = [lang for lang in self.languages if lang not in _ALL_LANGUAGES]
+        unknown = [lang for lang in self.languages if lang not in MULTIPLE_LANGUAGES]
         if unknown:
-            raise ValueError(f"languages: unknown {unknown} (known: {', '.join(_ALL_LANGUAGES)})")
+            raise ValueError(f"languages: unknown {unknown} (known: {', '.join(MULTIPLE_LANGUAGES)})")
         if not self.languages:
             raise ValueError("languages: empty")
         if len(set(self.languages)) != len(self.languages):
