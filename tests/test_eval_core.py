@@ -181,3 +181,21 @@ def test_compare_merges_runs_and_renames_clashing_labels():
     assert merged["k"] == [1]  # pass@10 is not in every run
     md = results.to_markdown(merged)
     assert "| Δ run2/m vs m | +25.0 | – |" in md
+
+
+def test_a_rerun_with_every_answer_cached_needs_no_teacher():
+    from ray_pipeline.evaluation.generation import PREFIX, to_sample
+    from ray_pipeline.pipelines.teacher_calls import answer_from_cache
+    from ray_pipeline.teachers.base import ChatResult
+
+    job = _job()
+    first = request_rows([HE], job.models[0], job.sampling, 7, "m", {})
+    cache = {first[0]["cache_key"]: ChatResult(text="    return number % 1.0\n", finish_reason="stop",
+                                               prompt_tokens=30, completion_tokens=9)}
+    rows = request_rows([HE], job.models[0], job.sampling, 7, "m", cache)
+    answered = answer_from_cache(rows, PREFIX)
+    assert answered[0][f"{PREFIX}_text"] == "    return number % 1.0\n" and answered[0][f"{PREFIX}_cached"]
+    assert answered[0][f"{PREFIX}_completion_tokens"] == 9 and answered[0][f"{PREFIX}_error"] == ""
+    assert "return number % 1.0" in to_sample(answered[0], "completion")["solution"]
+    with pytest.raises(ValueError, match="no cached answer"):
+        answer_from_cache(first, PREFIX)

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -33,11 +32,9 @@ from ray_pipeline.evaluation.benchmarks import Suite, load_suites, make_executor
 from ray_pipeline.evaluation.generation import PREFIX, request_rows, to_sample
 from ray_pipeline.executor import connect, run_stage
 from ray_pipeline.outputs import RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_text, package_versions
-from ray_pipeline.pipelines.teacher_calls import CallTally, TeacherCalls
+from ray_pipeline.pipelines.teacher_calls import CallTally, TeacherCalls, answer_from_cache
 from ray_pipeline.prompts import load_template
 from ray_pipeline.stages.score_stage import ScoreStage
-from ray_pipeline.stages.teacher_stage import RESULT_FIELDS
-from ray_pipeline.teachers.base import ChatResult
 from ray_pipeline.teachers.factory import configured_model_name, teacher_session
 
 log = logging.getLogger(__name__)
@@ -102,7 +99,7 @@ class EvaluationRun:
             name = configured_model_name(model.backend)
             rows = request_rows(problems, model, job.sampling, job.seed, name, cache)
             if rows and all(r["cached"] for r in rows):  # a rerun: every answer is in the cache, start no model
-                answered, tally = _from_cache(rows), CallTally()
+                answered, tally = answer_from_cache(rows, PREFIX), CallTally()
                 for row in answered:
                     tally.add(row, PREFIX)
             else:
@@ -181,18 +178,6 @@ class EvaluationRun:
         for row in scored:
             row.pop("problem", None)
         return scored
-
-
-def _from_cache(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows answered from the run's cache, with the teacher stage's result columns."""
-    out = []
-    for row in rows:
-        result = ChatResult.from_json(json.loads(row["cached"]))
-        values = {"text": result.text or "", "error": result.error or "", "finish_reason": result.finish_reason or "",
-                  "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-                  "latency_s": result.latency_s, "attempts": 0, "cached": True, "node": ""}
-        out.append({**row, **{f"{PREFIX}_{k}": values[k] for k in RESULT_FIELDS}})
-    return out
 
 
 def _skipped_rows(suites: list[Suite], skipped: dict[str, str], labels: list[str]) -> list[dict[str, Any]]:

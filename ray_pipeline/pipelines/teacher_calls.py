@@ -18,7 +18,7 @@ from ray_pipeline.config import RayConfig, SamplingConfig, VLLMTeacherConfig
 from ray_pipeline.errors import TeacherError
 from ray_pipeline.executor import run_stage
 from ray_pipeline.prompts import PromptTemplate
-from ray_pipeline.stages.teacher_stage import TeacherStage, request_from_row
+from ray_pipeline.stages.teacher_stage import TeacherStage, request_from_row, result_columns
 from ray_pipeline.teachers.base import ChatResult
 from ray_pipeline.teachers.factory import StageTeacherConfig, stage_resources
 
@@ -64,6 +64,23 @@ class RequestBuilder:
             "cache_key": key,
             "cached": json.dumps(hit.to_json()) if hit is not None else "",
         }
+
+
+def answer_from_cache(requests: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
+    """Rows whose answers are all cached (``RequestBuilder`` rows), answered as the teacher stage would, with no teacher.
+
+    For a rerun that needs no call: nothing is started (no server, no engine, no actors).
+    """
+    results = []
+    for row in requests:
+        if not row["cached"]:
+            raise ValueError("answer_from_cache: a row has no cached answer")
+        result = ChatResult.from_json(json.loads(row["cached"]))
+        result.cached = True
+        results.append(result)
+    columns = result_columns(results, node="")
+    return [{**row, **{f"{prefix}_{name}": values[i] for name, values in columns.items()}}
+            for i, row in enumerate(requests)]
 
 
 class Breaker:

@@ -89,7 +89,7 @@ class TeacherStage:
             for j, result in enumerate(self.teacher.generate(requests, on_result=persist)):
                 results[todo[j]] = result
         out = batch.copy()
-        for name, values in _columns(results, self.node).items():
+        for name, values in result_columns(results, self.node).items():
             out[f"{self.prefix}_{name}"] = values
         return out
 
@@ -101,7 +101,8 @@ class TeacherStage:
             pass
 
 
-def _columns(results: list[ChatResult | None], node: str) -> dict[str, list[Any]]:
+def result_columns(results: list[ChatResult | None], node: str) -> dict[str, list[Any]]:
+    """The ``RESULT_FIELDS`` columns (without the prefix) of a batch of results."""
     cols: dict[str, list[Any]] = {name: [] for name in RESULT_FIELDS}
     for r in results:
         assert r is not None
