@@ -9,7 +9,7 @@ the fraction of problems solved, as the papers report it.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -31,7 +31,3 @@ def mean_pass_at_k(counts: Iterable[tuple[int, int]], k: int) -> float | None:
     values = [pass_at_k(n, c, k) for n, c in counts]
     return sum(values) / len(values) if values else None
 
-
-def ks_reportable(ns: Sequence[int], ks: Sequence[int]) -> list[int]:
-    """The k that every problem has enough samples for."""
-    return [k for k in ks if ns and min(ns) >= k]
