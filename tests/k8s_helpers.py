@@ -23,7 +23,7 @@ def checkov_bin() -> str:
 
 def run_checkov(paths: Iterable[str | Path], framework: str, extra: Iterable[str] = ()) -> dict[str, list[dict[str, Any]]]:
     """Scan files or directories; {'failed': [...], 'skipped': [...], 'passed_count': n}. A checkov crash fails."""
-    argv = [checkov_bin(), "--framework", framework, "--output", "json", "--quiet", "--compact",
+    argv = [checkov_bin(), "--framework", framework, "--output", "json", "--compact",
             "--skip-download", "--soft-fail"]
     for p in paths:
         argv += ["--directory" if Path(p).is_dir() else "--file", str(p)]
