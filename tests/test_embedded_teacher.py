@@ -230,74 +230,6 @@ def test_conversion_produces_loadable_cached_model():
     assert time.monotonic() - started < 1.0, f"cached call slow (first call took {first_s:.0f} s)"
 
 
-@pytest.mark.vllm
-class TestEmbeddedTeacher:
-    """One server for the class; the last test closes it and checks that nothing is left."""
-
-    @pytest.fixture(scope="class")
-    def served(self, tmp_path_factory):
-        """The server and the teacher the stages build for it: the product's own assembly."""
-        _needs_engine()
-        pytest.importorskip("aiohttp")  # the OpenAI client's transport
-        from ray_pipeline.teachers.factory import build_teacher, embedded_stage_config
-
-        cfg = EmbeddedTeacherConfig(kv_cache_gib=1)
-        log = tmp_path_factory.mktemp("embedded") / "vllm.log"
-        server = embedded.EmbeddedServer(cfg, log_path=log).start()
-        teacher = build_teacher(embedded_stage_config(cfg, server))
-        yield server, teacher
-        teacher.close()
-        server.stop()
-
-    def test_answers_a_batch(self, served):
-        server, teacher = served
-        assert teacher.model == "gemma3-270m"
-        server.check()
-        teacher.check()
-        requests = [
-            ChatRequest.make(
-                [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": f"Name {n} colours."}],
-                Sampling(temperature=0.7, max_tokens=24, seed=n),
-            )
-            for n in range(2, 6)
-        ]
-        seen = []
-        results = teacher.generate(requests, on_result=lambda i, r: seen.append(i))
-        assert sorted(seen) == [0, 1, 2, 3]
-        assert len(results) == 4
-        for result in results:
-            assert result.ok, result.error
-            assert result.text and result.text.strip()
-            assert result.prompt_tokens > 10  # the template, system prompt and question
-            assert 0 < result.completion_tokens <= 24
-            assert result.finish_reason in ("stop", "length")
-
-    def test_plain_completion_continues_the_prompt_without_the_chat_template(self, served):
-        _, teacher = served
-        prompt = 'def add(a, b):\n    """Return the sum of a and b."""\n'
-        sampling = Sampling(temperature=0.0, max_tokens=24, stop=("\ndef ",))
-        plain, chat = teacher.generate([ChatRequest.completion(prompt, sampling),
-                                        ChatRequest.make([{"role": "user", "content": prompt}], sampling)])
-        assert plain.ok and chat.ok, (plain.error, chat.error)
-        assert plain.text and "\ndef " not in plain.text
-        # the chat request carries the template's turn markers; the plain prompt is only its own tokens
-        assert 0 < plain.prompt_tokens < chat.prompt_tokens
-
-    def test_close_leaves_no_process(self, served):
-        server, teacher = served
-        supervisor = server.pid
-        pids = server.process_ids()
-        # supervisor, API server, engine core and its worker at least
-        assert len(pids) >= 4, pids
-        assert supervisor in pids
-        teacher.close()
-        server.stop()
-        assert embedded.alive(pids) == set()
-        assert embedded.process_tree(supervisor, supervisor) == set()  # nothing in its group either
-        assert not server.running()
-        server.stop()  # idempotent
-
-
 _CHILD = textwrap.dedent(
     """
     import json, sys, time
@@ -306,15 +238,57 @@ _CHILD = textwrap.dedent(
 
     if __name__ == "__main__":
         server = EmbeddedServer(EmbeddedTeacherConfig(kv_cache_gib=0.5), log_path=sys.argv[1]).start()
-        print(json.dumps(sorted(server.process_ids())), flush=True)
+        print(json.dumps({"pids": sorted(server.process_ids()), "base_url": server.base_url, "model": server.model}),
+              flush=True)
         time.sleep(600)
     """
 )
 
 
+def _answers_a_batch(teacher) -> None:
+    requests = [
+        ChatRequest.make(
+            [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": f"Name {n} colours."}],
+            Sampling(temperature=0.7, max_tokens=24, seed=n),
+        )
+        for n in range(2, 6)
+    ]
+    seen = []
+    results = teacher.generate(requests, on_result=lambda i, r: seen.append(i))
+    assert sorted(seen) == [0, 1, 2, 3]
+    assert len(results) == 4
+    for result in results:
+        assert result.ok, result.error
+        assert result.text and result.text.strip()
+        assert result.prompt_tokens > 10  # the template, system prompt and question
+        assert 0 < result.completion_tokens <= 24
+        assert result.finish_reason in ("stop", "length")
+
+
+def _plain_completion_skips_the_chat_template(teacher) -> None:
+    prompt = 'def add(a, b):\n    """Return the sum of a and b."""\n'
+    sampling = Sampling(temperature=0.0, max_tokens=24, stop=("\ndef ",))
+    plain, chat = teacher.generate([ChatRequest.completion(prompt, sampling),
+                                    ChatRequest.make([{"role": "user", "content": prompt}], sampling)])
+    assert plain.ok and chat.ok, (plain.error, chat.error)
+    assert plain.text and "\ndef " not in plain.text
+    # the chat request carries the template's turn markers; the plain prompt is only its own tokens
+    assert 0 < plain.prompt_tokens < chat.prompt_tokens
+
+
 @pytest.mark.vllm
-def test_sigkilled_parent_leaves_no_server(tmp_path):
+def test_served_teacher_answers_and_a_sigkilled_parent_leaves_no_server(tmp_path):
+    """One server start (~40 s here) for both: the stages' teacher answers through it, then its parent is killed.
+
+    A clean stop is checked wherever a job runs the embedded teacher (test_embedded_e2e: no vLLM process outlives
+    a finished or interrupted job).
+    """
     _needs_engine()
+    pytest.importorskip("aiohttp")  # the OpenAI client's transport
+    from types import SimpleNamespace
+
+    from ray_pipeline.teachers.factory import build_teacher, embedded_stage_config
+
     script = tmp_path / "child.py"
     script.write_text(_CHILD)
     child = subprocess.Popen(
@@ -324,8 +298,20 @@ def test_sigkilled_parent_leaves_no_server(tmp_path):
     try:
         line = child.stdout.readline()  # blocks until the server is up (or the child dies)
         assert line, f"child exited with {child.wait()}; log: {embedded.last_meaningful_line(tmp_path / 'vllm.log')}"
-        pids = set(json.loads(line))
+        info = json.loads(line)
+        pids = set(info["pids"])
+        # supervisor, API server, engine core and its worker at least
         assert len(pids) >= 4
+        # the teacher the stages build for a running server: the product's own assembly
+        server = SimpleNamespace(model=info["model"], base_url=info["base_url"])
+        teacher = build_teacher(embedded_stage_config(EmbeddedTeacherConfig(), server))
+        try:
+            assert teacher.model == "gemma3-270m"
+            teacher.check()
+            _answers_a_batch(teacher)
+            _plain_completion_skips_the_chat_template(teacher)
+        finally:
+            teacher.close()
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
         killed = time.monotonic()
