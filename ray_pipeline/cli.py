@@ -98,12 +98,13 @@ def _parser() -> argparse.ArgumentParser:
                      help="forward this environment variable to the job (repeatable)")
     smt.add_argument("--no-follow", action="store_true", help="return once submitted")
     smt.add_argument("--namespace", help="--k8s: namespace (default: the kubeconfig's, else default)")
-    smt.add_argument("--image", help="--k8s: job image")
-    smt.add_argument("--name", help="--k8s: RayJob name (default: from the job file)")
-    smt.add_argument("--cpu-workers", type=int, help="--k8s: CPU worker replicas")
-    smt.add_argument("--gpu-workers", type=int, help="--k8s: GPU worker replicas")
+    smt.add_argument("--image", help="--k8s: job image REPOSITORY[:TAG] (the chart appends -cpu / -gpu to the tag)")
+    smt.add_argument("--name", help="--k8s: RayJob name (default: <job name>-<UTC time>)")
+    smt.add_argument("--cpu-workers", type=int, help="--k8s: most CPU workers the autoscaler starts (0: none)")
+    smt.add_argument("--gpu-workers", type=int, help="--k8s: most GPU workers the autoscaler starts (0: none)")
     smt.add_argument("--values", help="--k8s: values file of the fusion-ray chart")
-    smt.add_argument("--dry-run", action="store_true", help="--k8s: print the objects, create nothing")
+    smt.add_argument("--dry-run", action="store_true",
+                     help="print what would be submitted (--k8s: the ConfigMap and RayJob YAML), send nothing")
     smt.set_defaults(func=_lazy("ray_pipeline.deploy.submit", "cmd_submit"))
 
     # --- sweep (ray_pipeline.deploy.sweep) ---
