@@ -576,6 +576,15 @@ class SandboxConfig(_Strict):
     timeout_s: float | None = Field(None, gt=0, description="MultiPL-E build/run timeout (default: MultiPL-E's per-language values)")
     min_time_limit: float = Field(1.0, gt=0, description="evalplus: smallest per-test time limit (s)")
     gt_time_limit_factor: float = Field(4.0, gt=0, description="evalplus: per-test limit = factor x the reference solution's time")
+    isolation: Literal["bwrap", "pod"] = Field(
+        "bwrap",
+        description="bwrap: each program in its own bubblewrap sandbox (namespaces, read-only system, no network); "
+                    "pod: no bubblewrap, for a Kubernetes pod that is itself the sandbox (gVisor, non-root, read-only "
+                    "root, no capabilities, no egress; bwrap cannot start there), each program still getting a fresh "
+                    "work directory as cwd, TMPDIR and HOME, an empty environment, the prlimit limits and a kill of all "
+                    "its processes at the timeout. $FUSION_SANDBOX_ISOLATION (bwrap or pod) on the machine that runs "
+                    "the programs overrides this; it changes no verdict, so it is not part of the config hash",
+    )
 
 
 class EvalJob(_JobCommon):

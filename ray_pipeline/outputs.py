@@ -115,8 +115,9 @@ def config_hash(config: dict[str, Any]) -> str:
     relevant["teacher"] = _stable_teacher(relevant.get("teacher"))
     if isinstance(relevant.get("models"), list):  # evaluation: each model's backend is a teacher config
         relevant["models"] = [{**m, "backend": _stable_teacher(m.get("backend"))} for m in relevant["models"]]
-    if isinstance(relevant.get("sandbox"), dict):  # how many sandboxes run at once changes no verdict
-        relevant["sandbox"] = {k: v for k, v in relevant["sandbox"].items() if k not in ("parallel", "num_actors")}
+    if isinstance(relevant.get("sandbox"), dict):  # how many sandboxes run at once, or how isolated, changes no verdict
+        relevant["sandbox"] = {k: v for k, v in relevant["sandbox"].items()
+                               if k not in ("parallel", "num_actors", "isolation")}
     if isinstance(relevant.get("evolution"), dict):  # more rounds continue a finished run
         relevant["evolution"] = {k: v for k, v in relevant["evolution"].items() if k != "rounds"}
     if isinstance(relevant.get("training"), dict):  # how often to log or keep checkpoints changes no weight

@@ -67,17 +67,19 @@ def make_executor(spec: dict[str, Any], sandbox_cfg: dict[str, Any]) -> Executor
     """The executor of one suite (built where the scoring happens, from plain data)."""
     from ray_pipeline.evaluation.sandbox import Sandbox
 
+    isolation = sandbox_cfg.get("isolation")  # $FUSION_SANDBOX_ISOLATION on this node overrides it
     if spec["benchmark"] in ("humaneval", "mbpp"):
         from ray_pipeline.evaluation.evalplus_data import load_evalplus
         from ray_pipeline.evaluation.executors.evalplus import EvalPlusExecutor
 
         data = load_evalplus(spec["benchmark"], spec["path"], task_ids=spec["task_ids"])
         return EvalPlusExecutor(
-            spec["benchmark"], data, Sandbox(),
+            spec["benchmark"], data, Sandbox(isolation=isolation),
             min_time_limit=sandbox_cfg["min_time_limit"], gt_time_limit_factor=sandbox_cfg["gt_time_limit_factor"],
             memory_mb=sandbox_cfg["memory_mb"],
         )
     from ray_pipeline.evaluation.executors.multiple import multiple_executor
 
     timeout = sandbox_cfg.get("timeout_s")
-    return multiple_executor(spec["language"], Sandbox(), build_timeout_s=timeout, run_timeout_s=timeout)
+    return multiple_executor(spec["language"], Sandbox(isolation=isolation), build_timeout_s=timeout,
+                             run_timeout_s=timeout)

@@ -46,6 +46,26 @@ surface stays reachable (creating user namespaces included); a sandbox may
 keep every core busy until its wall-clock limit; without a cgroup, the memory
 of a sandbox is capped per process only (``nproc`` x ``memory_mb``, shared
 memory not at all).
+
+**Pod isolation** (``isolation="pod"``, ``SandboxConfig.isolation`` or
+``$FUSION_SANDBOX_ISOLATION=pod``, which wins). Inside a Kubernetes pod that
+runs under RuntimeDefault seccomp with every capability dropped, bubblewrap
+cannot create its namespaces; there the pod is the sandbox (gVisor runtime,
+non-root user, read-only root file system, no service-account token, no
+egress by NetworkPolicy, and nothing of value inside but the model's
+answers). Each program then runs without bubblewrap but keeps the rest:
+a fresh work directory as its working directory, ``TMPDIR`` and ``HOME``;
+an empty environment but ``PATH`` (``LANG``) and what the caller passes; the
+same ``prlimit`` limits; the cgroup where the host allows one; the
+work-directory watch; and the wall-clock kill, through a small supervisor
+(``harness/pod_supervisor.py``, a child subreaper) that kills every process
+the program started, also those that left its process group or session, when
+the program ends or the sandbox is stopped. What differs: the program sees
+the pod's file system and processes (read-only where the pod makes them so),
+``/tmp`` is the pod's (the caller's ``/tmp`` in argv and environment values,
+which names the work directory in bwrap mode, is mapped to the work
+directory), and it runs as the pod's user: RLIMIT_NPROC counts all that
+user's processes, so the limit is set to ``nproc`` above the count at start.
 """
 
 from __future__ import annotations
@@ -57,6 +77,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -77,6 +98,14 @@ MAX_WORK_ENTRIES = 10_000
 MAX_WORK_DEPTH = 32
 #: total memory of a sandbox when Limits.total_memory_mb is None (or memory_mb, if larger)
 DEFAULT_TOTAL_MEMORY_MB = 4096
+#: how programs are isolated: each in bubblewrap, or the pod as the sandbox (see the module docstring)
+ISOLATIONS = ("bwrap", "pod")
+#: overrides SandboxConfig.isolation where the programs run (the evaluation image sets it to "pod")
+ISOLATION_ENV = "FUSION_SANDBOX_ISOLATION"
+#: the parent of every program in pod isolation
+POD_SUPERVISOR = Path(__file__).resolve().parent / "harness" / "pod_supervisor.py"
+#: how long a stopped pod supervisor may take to kill and reap its processes before they are killed from here
+_POD_STOP_S = 2.0
 #: base of the per-sandbox uids used when the host runs as root
 _UID_BASE = 200_000
 _SLOTS_PER_PROCESS = 64
@@ -141,6 +170,16 @@ class Outcome:
 
 def _as_root() -> bool:
     return os.geteuid() == 0
+
+
+def isolation_mode(configured: str | None = None) -> str:
+    """The isolation in force here: ``$FUSION_SANDBOX_ISOLATION`` if set, else ``configured``, else bwrap."""
+    override = os.environ.get(ISOLATION_ENV, "").strip()
+    mode = override or configured or ISOLATIONS[0]
+    if mode not in ISOLATIONS:
+        source = f"${ISOLATION_ENV}" if override else "sandbox.isolation"
+        raise SandboxError(f"{source}={mode!r}: expected one of {', '.join(ISOLATIONS)}")
+    return mode
 
 
 _slot_lock = threading.Lock()
@@ -287,20 +326,25 @@ def _write_if_present(path: Path, value: str) -> None:
 
 # ---------------------------------------------------------------------- sandbox
 class Sandbox:
-    """Runs commands under bubblewrap; one instance can serve many threads."""
+    """Runs commands under bubblewrap (or, in pod isolation, under a supervisor); one instance serves many threads.
+
+    ``isolation``: "bwrap" or "pod" (None: bwrap); ``$FUSION_SANDBOX_ISOLATION`` overrides it.
+    """
 
     def __init__(self, read_only: Sequence[str | Path] = (), env: Mapping[str, str] | None = None,
-                 scratch_root: str | Path | None = None):
+                 scratch_root: str | Path | None = None, isolation: str | None = None):
+        self.isolation = isolation_mode(isolation)
         bwrap = _which("bwrap")
-        if bwrap is None:
-            raise SandboxError("bubblewrap (bwrap) is not installed: apt-get install bubblewrap")
+        if bwrap is None and self.isolation == "bwrap":
+            raise SandboxError("bubblewrap (bwrap) is not installed: apt-get install bubblewrap "
+                               f"(or, inside a locked-down pod, {ISOLATION_ENV}=pod)")
         prlimit = _which("prlimit")
         if prlimit is None:
             raise SandboxError("prlimit (util-linux) is not installed")
         setpriv = _which("setpriv")
-        if setpriv is None and _as_root():
+        if setpriv is None and _as_root() and self.isolation == "bwrap":
             raise SandboxError("setpriv (util-linux) is not installed: needed to drop root inside the sandbox")
-        self.bwrap = bwrap
+        self.bwrap = bwrap or "bwrap"
         self.prlimit = prlimit
         self.setpriv = setpriv or "setpriv"
         self.read_only = sorted({str(Path(p).resolve()) for p in read_only if Path(p).exists()})
@@ -354,11 +398,11 @@ class Sandbox:
         return [self.setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
                 "--bounding-set=-all", "--no-new-privs"]
 
-    def _limit_args(self, limits: Limits) -> list[str]:
+    def _limit_args(self, limits: Limits, nproc: int | None = None) -> list[str]:
         args = [
             self.prlimit,
             f"--cpu={limits.cpu_s}",
-            f"--nproc={limits.nproc}",
+            f"--nproc={limits.nproc if nproc is None else nproc}",
             f"--fsize={limits.fsize_mb * 1024 * 1024}",
             f"--nofile={limits.nofile}",
             "--core=0",
@@ -382,6 +426,8 @@ class Sandbox:
 
         ``work``: run in this existing host directory (kept, e.g. between a build
         and a run step) instead of a fresh one that is removed afterwards.
+        ``argv`` and ``env`` name the work directory ``/tmp`` (``WORKDIR``) in
+        either isolation; pod isolation maps that to the host directory.
         ``read_back``: names of files in the work directory to return in ``Outcome.files``
         (a name that is not a regular file inside the work directory is left out).
         """
@@ -398,7 +444,7 @@ class Sandbox:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(data)
             with _Slot() as slot:
-                uid = slot_uid(slot) if _as_root() else None
+                uid = slot_uid(slot) if _as_root() and self.isolation == "bwrap" else None
                 if uid is not None:
                     _chown_tree(work_dir, uid)
                 outcome = self._run(argv, work_dir, scratch, limits, stdin, env or {}, uid, slot)
@@ -425,22 +471,31 @@ class Sandbox:
         in_path.write_bytes(stdin or b"")
         host = _cgroup_host()
         cgroup = _Cgroup(host, f"fusion-sbx-{os.getpid()}-{slot}", limits) if host else None
+        pod = self.isolation == "pod"
         try:
             with open(in_path, "rb") as fin, open(out_path, "wb") as fout, open(err_path, "wb") as ferr, \
                     open(scratch / "status", "w+b") as status:
-                command = (self._bwrap_args(work, limits, env, status.fileno()) + self._drop_args(uid)
-                           + self._limit_args(limits) + list(argv))
+                if pod:
+                    command = self._pod_args(status.fileno(), limits) + [self._in_work(a, work) for a in argv]
+                    popen_env: dict[str, str] | None = self._pod_env(work, env)
+                else:
+                    command = (self._bwrap_args(work, limits, env, status.fileno()) + self._drop_args(uid)
+                               + self._limit_args(limits) + list(argv))
+                    popen_env = None
                 if cgroup is not None:  # join the cgroups before bwrap starts, so all it forks is inside
                     joins = " && ".join(f"echo $$ > {shlex.quote(p)}" for p in cgroup.procs_files)
-                    command = ["/bin/sh", "-c", f'{joins} && exec "$@"', "sh", *command]
+                    command = ["/bin/sh", "-c", f'{joins} && unset PWD OLDPWD && exec "$@"', "sh", *command]
                 started = time.monotonic()
                 proc = subprocess.Popen(command, stdin=fin, stdout=fout, stderr=ferr, start_new_session=True,
-                                        close_fds=True, pass_fds=(status.fileno(),))
-                raw, killed_for = _watch(proc, work, limits, started)
+                                        close_fds=True, pass_fds=(status.fileno(),), env=popen_env,
+                                        cwd=work if pod else None)
+                raw, killed_for = _watch(proc, work, limits, started, _stop_supervisor if pod else _kill_group)
                 wall = time.monotonic() - started
                 status.seek(0)
                 reports = [json.loads(line) for line in status.read().splitlines() if line.strip()]
-            if killed_for and cgroup is None and reports:
+            if pod and raw < 0 and reports:  # the supervisor was killed (by the program?): its group goes too
+                _kill_group(reports[0]["child-pid"])
+            elif killed_for and cgroup is None and reports:
                 _wait_gone(reports[0]["child-pid"])  # the sandbox's PID 1: its end is the end of all inside
             oom = cgroup.oom_kills() if cgroup is not None else 0
         finally:
@@ -449,7 +504,8 @@ class Sandbox:
         stdout, stderr = _head(out_path, limits.output_bytes), _head(err_path, limits.output_bytes)
         if raw >= 0 and not killed_for and not any("exit-code" in report for report in reports):
             lines = stderr.strip().splitlines()
-            raise SandboxError(f"bubblewrap could not start a sandbox: {lines[-1] if lines else f'exit {raw}'}")
+            what = "the pod sandbox's supervisor could not start" if pod else "bubblewrap could not start a sandbox"
+            raise SandboxError(f"{what}: {lines[-1] if lines else f'exit {raw}'}")
         code: int | None = 128 - raw if raw < 0 else raw  # negative: bwrap itself killed by that signal
         if killed_for == "timeout":
             code = None
@@ -461,19 +517,110 @@ class Sandbox:
         return Outcome(exit_code=code, timed_out=killed_for == "timeout", stdout=stdout, stderr=stderr,
                        wall_s=wall)
 
+    # ------------------------------------------------------------- pod isolation
+    def _pod_args(self, status_fd: int, limits: Limits) -> list[str]:
+        """The supervisor, then prlimit; RLIMIT_NPROC counts every process of this user, so it starts from there."""
+        nproc = limits.nproc if _as_root() else limits.nproc + _user_tasks(os.getuid())
+        return ([sys.executable, "-I", "-S", str(POD_SUPERVISOR), str(status_fd), str(os.getpid()), "--"]
+                + self._limit_args(limits, nproc=nproc))
+
+    def _pod_env(self, work: Path, env: Mapping[str, str]) -> dict[str, str]:
+        merged = {"PATH": DEFAULT_PATH, "HOME": WORKDIR, "TMPDIR": WORKDIR, "LANG": "C.UTF-8"}
+        merged.update(self.env)
+        merged.update(env)
+        return {key: self._in_work(value, work) for key, value in merged.items()}
+
+    def _in_work(self, value: str, work: Path) -> str:
+        """``/tmp`` and paths below it (the work directory, as bwrap mode shows it) as host paths of ``work``.
+
+        A path inside one of the host paths shared read-only (a toolchain, an
+        interpreter that happens to live under ``/tmp``) is left alone.
+        """
+        if value != WORKDIR and not value.startswith(WORKDIR + "/"):
+            return value
+        if any(value == p or value.startswith(p + "/") for p in self.read_only):
+            return value
+        return str(work) + value[len(WORKDIR):]
+
     def check(self) -> None:
         """Raise SandboxError with one line if a sandbox cannot start here."""
         outcome = self.run(["/bin/true"], limits=Limits(wall_s=30))
         if not outcome.ok:
-            raise SandboxError(f"bubblewrap sandbox does not start here (exit {outcome.exit_code}): "
+            what = "the pod sandbox" if self.isolation == "pod" else "bubblewrap sandbox"
+            raise SandboxError(f"{what} does not start here (exit {outcome.exit_code}): "
                                f"{outcome.stderr.strip()[-300:]}")
 
 
-def _watch(proc: subprocess.Popen, work: Path, limits: Limits, started: float) -> tuple[int, str]:
-    """Wait for the sandbox; kill it at the wall-clock limit or when its work directory overflows.
+def _user_tasks(uid: int) -> int:
+    """How many processes and threads ``uid`` has (what RLIMIT_NPROC counts), as far as /proc shows."""
+    count = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{name}").st_uid == uid:
+                count += len(os.listdir(f"/proc/{name}/task"))
+        except OSError:  # gone meanwhile
+            continue
+    return count
 
-    Returns bwrap's return code (negative: killed by that signal) and why the
-    sandbox was killed ("" if it was not, "timeout" for the wall clock).
+
+def _stop_supervisor(pid: int) -> None:
+    """Stop a pod sandbox: SIGTERM tells its supervisor to kill and reap everything below it.
+
+    A supervisor that does not end in time (stopped, stuck) is killed from here with its whole process tree.
+    """
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + _POD_STOP_S
+    while time.monotonic() < deadline:
+        if _gone(pid):
+            return
+        time.sleep(0.005)
+    for child in _descendants(pid):
+        _kill(child)
+    _kill_group(pid)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state in ("Z", "X")
+
+
+def _descendants(root: int) -> set[int]:
+    """Every process below ``root``, from the parent links in /proc."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            data = Path(f"/proc/{name}/stat").read_bytes()
+            ppid = int(data[data.rindex(b")") + 2:].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(name))
+    found: set[int] = set()
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def _watch(proc: subprocess.Popen, work: Path, limits: Limits, started: float,
+           stop: Callable[[int], None]) -> tuple[int, str]:
+    """Wait for the sandbox; ``stop`` it at the wall-clock limit or when its work directory overflows.
+
+    Returns bwrap's (or the pod supervisor's) return code (negative: killed by
+    that signal) and why the sandbox was stopped ("" if it was not, "timeout"
+    for the wall clock).
     """
     with _ExitWaiter(proc) as exited:
         while True:
@@ -482,7 +629,7 @@ def _watch(proc: subprocess.Popen, work: Path, limits: Limits, started: float) -
                 return proc.wait(), ""
             reason = "timeout" if left <= _POLL_S else _work_overflow(work, limits)
             if reason:
-                _kill_group(proc.pid)
+                stop(proc.pid)
                 return proc.wait(), reason
 
 

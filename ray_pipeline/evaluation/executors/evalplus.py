@@ -213,7 +213,7 @@ def _module_dirs(modules: Iterable[str]) -> list[str]:
 
 
 def _with_binds(sandbox: Sandbox | None, paths: Iterable[str]) -> Sandbox:
-    """A sandbox like ``sandbox`` (its binds, environment, scratch root) that also sees ``paths`` read-only.
+    """A sandbox like ``sandbox`` (its binds, environment, scratch root, isolation) that also sees ``paths`` read-only.
 
     Paths under another bound path are dropped: a nested bind would need its
     mount point made inside a read-only mount.
@@ -224,4 +224,4 @@ def _with_binds(sandbox: Sandbox | None, paths: Iterable[str]) -> Sandbox:
     for p in wanted:
         if not any(p == r or p.startswith(r + "/") for r in roots):
             roots.append(p)
-    return Sandbox(read_only=roots, env=base.env, scratch_root=base.scratch_root)
+    return Sandbox(read_only=roots, env=base.env, scratch_root=base.scratch_root, isolation=base.isolation)

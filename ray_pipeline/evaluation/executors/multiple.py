@@ -154,7 +154,8 @@ class MultiplEExecutor(Executor):
         base = self._base_sandbox
         if not extra:
             return base
-        return Sandbox(read_only=[*base.read_only, *extra], env=base.env, scratch_root=base.scratch_root)
+        return Sandbox(read_only=[*base.read_only, *extra], env=base.env, scratch_root=base.scratch_root,
+                       isolation=base.isolation)
 
     def unavailable_reason(self) -> str | None:
         toolchain = self._toolchain
