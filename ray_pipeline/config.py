@@ -520,7 +520,8 @@ class EvalBenchmarkConfig(_Strict):
     path: str | None = Field(
         None,
         description="humaneval/mbpp: the evalplus .jsonl(.gz) (default: $HUMANEVAL_OVERRIDE_PATH / $MBPP_OVERRIDE_PATH, "
-                    "else evalplus's download); multiple: a directory of humaneval-<lang>-reworded.jsonl (default: the hub)",
+                    "else evalplus's download); multiple: a directory of humaneval-<lang>-reworded.jsonl (default: "
+                    "$FUSION_MULTIPLE_PATH, else the hub)",
     )
     languages: list[str] = Field(default_factory=lambda: list(MULTIPLE_LANGUAGES), description="multiple only")
     limit: int | None = Field(None, gt=0, description="the first N tasks (per language)")

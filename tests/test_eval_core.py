@@ -199,3 +199,15 @@ def test_a_rerun_with_every_answer_cached_needs_no_teacher():
     assert "return number % 1.0" in to_sample(answered[0], "completion")["solution"]
     with pytest.raises(ValueError, match="no cached answer"):
         answer_from_cache(first, PREFIX)
+
+
+def test_multiple_data_comes_from_fusion_multiple_path_when_a_benchmark_gives_none(tmp_path, monkeypatch):
+    from ray_pipeline.errors import EvaluationError
+    from ray_pipeline.evaluation.multiple_data import load_multiple
+
+    row = {"name": "HumanEval_0_x", "language": "js", "prompt": "function x() {", "tests": "console.assert(x() === 1);", "stop_tokens": ["\n}"]}
+    (tmp_path / "humaneval-js-reworded.jsonl").write_text(json.dumps(row) + "\n")
+    monkeypatch.setenv("FUSION_MULTIPLE_PATH", str(tmp_path))
+    assert [p.task_id for p in load_multiple("js")] == ["HumanEval_0_x"]
+    with pytest.raises(EvaluationError, match="humaneval-php-reworded.jsonl"):  # the variable's directory, not the hub
+        load_multiple("php")

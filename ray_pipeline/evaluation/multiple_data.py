@@ -5,7 +5,9 @@ Sources, in the order tried:
 - a local directory holding ``humaneval-<lang>-reworded.jsonl`` (the layout of
   ``../shared/data/bench/multipl-e``), or one ``.jsonl`` file (a row per line),
   or one ``.json`` file (a JSON array, MultiPL-E's ``prompts/*.json``);
-- with no path, the Hugging Face dataset ``nuprl/MultiPL-E``, config
+- with no path, the directory in ``$FUSION_MULTIPLE_PATH`` when it is set (the
+  evaluation image bakes the data there, as ``$HUMANEVAL_OVERRIDE_PATH`` for evalplus);
+- otherwise the Hugging Face dataset ``nuprl/MultiPL-E``, config
   ``humaneval-<lang>`` (the "reworded" prompts), split ``test``, at the revision
   bigcode-evaluation-harness pins. Today it is stored as parquet, no loading script.
 
@@ -17,6 +19,7 @@ when present, must be the language asked for. Any problem with the input is an
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,8 @@ HF_DATASET = "nuprl/MultiPL-E"
 #: the revision bigcode-evaluation-harness pins at its HEAD (2025-07)
 HF_REVISION = "28441b6024e71d4a1c1c0f6bf171c935cd5a43f2"
 REQUIRED_FIELDS = ("name", "prompt", "tests", "stop_tokens")
+#: a directory of humaneval-<lang>-reworded.jsonl used when a benchmark gives no path
+PATH_ENV = "FUSION_MULTIPLE_PATH"
 _FUNCTION_NAME = re.compile(r"(\w+)\s*\(")
 
 
@@ -49,6 +54,8 @@ def load_multiple(language: str, path: str | Path | None = None, limit: int | No
     lang = multiple_language(language)
     if limit is not None and limit < 0:
         raise EvaluationError(f"MultiPL-E {lang}: limit must be >= 0, got {limit}")
+    if path is None and os.environ.get(PATH_ENV):
+        path = os.environ[PATH_ENV]
     if path is None:
         source = f"{HF_DATASET} humaneval-{lang}@{HF_REVISION[:8]}"
         rows = [(f"row {i + 1}", row) for i, row in enumerate(_hub_rows(lang))]
