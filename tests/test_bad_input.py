@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import socket
 from pathlib import Path
 
@@ -88,10 +89,22 @@ def test_failed_rerun_leaves_a_finished_run_untouched(tmp_path):
     run = tmp_path / "run"
     before = _digest(run)
     assert "test.parquet" in before and "manifest.json" in before
-    # The same job against an endpoint that is gone, then a different job into the same directory.
+    # The same job against an endpoint that is gone: every answer is cached, so no teacher is needed.
     job = write_job(tmp_path, teacher=openai_teacher(UNREACHABLE), seeds=[{"path": str(seeds)}],
                     fusion={"num_instructions": 2, "max_attempts": 6})
+    again = fusion_cli("run", str(job), timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["teacher"]["started"] is False and manifest["this_run"]["calls"] == 0
+    after = _digest(run)
+    assert all(after[f] == before[f] for f in ("sft_messages.jsonl", "sft_alpaca.jsonl"))  # the same rows
+    before = after
+    # Its cache lost, the same job needs the teacher: it fails on the unreachable endpoint before writing anything.
+    shutil.rmtree(run / "cache")
     _one_line_error(fusion_cli("run", str(job), timeout=120), "unreachable")
+    assert _digest(run) == {k: v for k, v in before.items() if not k.startswith("cache/")}
+    before = _digest(run)
+    # A different job into the same directory.
     job = write_job(tmp_path, teacher=openai_teacher(UNREACHABLE), seeds=[{"path": str(seeds)}],
                     fusion={"num_instructions": 3, "max_attempts": 6})
     _one_line_error(fusion_cli("run", str(job), timeout=120), "different job")

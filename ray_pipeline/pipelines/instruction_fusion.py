@@ -23,8 +23,9 @@ import logging
 import math
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import pyarrow as pa
 from tqdm import tqdm
@@ -41,7 +42,7 @@ from ray_pipeline.pipelines.teacher_calls import DEAD_TEACHER_STREAK, RequestBui
 from ray_pipeline.prompts import PromptTemplate, load_template
 from ray_pipeline.seeds import load_seeds
 from ray_pipeline.stages.teacher_stage import RESULT_FIELDS
-from ray_pipeline.teachers.factory import configured_model_name
+from ray_pipeline.teachers.factory import StageTeacherConfig, configured_model_name, teacher_session
 from ray_pipeline.teachers.pricing import cost_usd, price_for
 
 log = logging.getLogger(__name__)
@@ -106,17 +107,25 @@ class InstructionFusionRun:
             raise SeedError("no seed pair is allowed: every seed names a different language and cross_language is false")
 
         cluster = connect(self.address or job.ray.address)
-        self.run.start(config)
         cache = load_cache(self.run.cache_dir)
         if cache:
             log.info("resuming: %d teacher calls already in the cache", len(cache))
         model = configured_model_name(job.teacher)
         fusion = RequestBuilder(fusion_tpl, job.fusion.sampling, model, cache)
         respond = RequestBuilder(response_tpl, job.response.sampling, model, cache)
+
+        @contextmanager
+        def start_teacher() -> Iterator[StageTeacherConfig]:
+            # the teacher's preflight comes first: an unreachable one fails before anything is written
+            with teacher_session(job.teacher, self.run.log_dir) as stage_cfg:
+                self.run.start(config)
+                yield stage_cfg
+
         # the teacher starts at the first call the cache cannot answer: a rerun of a finished job starts none
-        with TeacherCalls.session(job.teacher, job.ray, self.run.cache_dir, self.run.log_dir) as calls:
+        with TeacherCalls(None, job.ray, self.run.cache_dir, start=start_teacher) as calls:
             rows, tally, stop_reason = self._fuse(calls, fusion, seeds, sampler)
             self._respond(calls, respond, rows)
+        self.run.start(config)
         table = _to_table(rows, fusion_tpl, response_tpl, model)
         sft = [r for r in rows if r["outcome"] == "ok"]
         self.run.write_table(job.name, table)
@@ -136,54 +145,54 @@ class InstructionFusionRun:
         rows: list[dict[str, Any]] = []
         selected = 0
         stop_reason = "reached"
-        bar = tqdm(total=target, desc="fused instructions", unit="instr", dynamic_ncols=True)
-        round_no = 0
-        by_id = {s["id"]: s for s in seeds}
-        while selected < target:
-            if tally.attempts >= budget:
-                stop_reason = "budget"
-                break
-            need = target - selected
-            rate = max(tally.pass_rate, _MIN_PASS_RATE)
-            pairs = sampler.draw_many(min(budget - tally.attempts, math.ceil(need / rate)))
-            if not pairs:
-                stop_reason = "pairs_exhausted"
-                break
-            requests = []
-            for n, (i, j) in enumerate(pairs):
-                a, b = seeds[i], seeds[j]
-                row = {
-                    "attempt": tally.attempts + n,
-                    "round": round_no,
-                    "parent_a": a["id"],
-                    "parent_b": b["id"],
-                    "cross_language": is_cross_language(a["language"], b["language"]),
-                }
-                seed = derived_seed(job.seed, "fusion", a["id"], b["id"])
-                row.update(builder.request(seed, instruction_1=seed_prompt(a), instruction_2=seed_prompt(b)))
-                requests.append(row)
-            answered = calls.run(requests, "fusion", order_key="attempt")
-            for row in sorted(answered, key=lambda r: r["attempt"]):
-                parents = (seed_prompt(by_id[row["parent_a"]]), seed_prompt(by_id[row["parent_b"]]))
-                if row["fusion_error"]:
-                    outcome, text, reason = "api_error", "", row["fusion_error"]
-                else:
-                    parsed = parse_fusion(row["fusion_text"], parents)
-                    outcome, text, reason = parsed.outcome, parsed.text, parsed.reason
-                row.update(
-                    fusion_outcome=outcome,
-                    instruction=text,
-                    fusion_reason=reason,
-                    selected=outcome == "ok" and selected < target,
-                    parents=[by_id[row["parent_a"]], by_id[row["parent_b"]]],
-                )
-                selected += row["selected"]
-                tally.add(outcome, row["cross_language"])
-                rows.append(row)
-            bar.update(min(selected, target) - bar.n)
-            bar.set_postfix(attempts=tally.attempts, pass_rate=f"{tally.pass_rate:.0%}")
-            round_no += 1
-        bar.close()
+        # a context manager: the bar ends its line before an error (one line of its own) is printed
+        with tqdm(total=target, desc="fused instructions", unit="instr", dynamic_ncols=True) as bar:
+            round_no = 0
+            by_id = {s["id"]: s for s in seeds}
+            while selected < target:
+                if tally.attempts >= budget:
+                    stop_reason = "budget"
+                    break
+                need = target - selected
+                rate = max(tally.pass_rate, _MIN_PASS_RATE)
+                pairs = sampler.draw_many(min(budget - tally.attempts, math.ceil(need / rate)))
+                if not pairs:
+                    stop_reason = "pairs_exhausted"
+                    break
+                requests = []
+                for n, (i, j) in enumerate(pairs):
+                    a, b = seeds[i], seeds[j]
+                    row = {
+                        "attempt": tally.attempts + n,
+                        "round": round_no,
+                        "parent_a": a["id"],
+                        "parent_b": b["id"],
+                        "cross_language": is_cross_language(a["language"], b["language"]),
+                    }
+                    seed = derived_seed(job.seed, "fusion", a["id"], b["id"])
+                    row.update(builder.request(seed, instruction_1=seed_prompt(a), instruction_2=seed_prompt(b)))
+                    requests.append(row)
+                answered = calls.run(requests, "fusion", order_key="attempt")
+                for row in sorted(answered, key=lambda r: r["attempt"]):
+                    parents = (seed_prompt(by_id[row["parent_a"]]), seed_prompt(by_id[row["parent_b"]]))
+                    if row["fusion_error"]:
+                        outcome, text, reason = "api_error", "", row["fusion_error"]
+                    else:
+                        parsed = parse_fusion(row["fusion_text"], parents)
+                        outcome, text, reason = parsed.outcome, parsed.text, parsed.reason
+                    row.update(
+                        fusion_outcome=outcome,
+                        instruction=text,
+                        fusion_reason=reason,
+                        selected=outcome == "ok" and selected < target,
+                        parents=[by_id[row["parent_a"]], by_id[row["parent_b"]]],
+                    )
+                    selected += row["selected"]
+                    tally.add(outcome, row["cross_language"])
+                    rows.append(row)
+                bar.update(min(selected, target) - bar.n)
+                bar.set_postfix(attempts=tally.attempts, pass_rate=f"{tally.pass_rate:.0%}")
+                round_no += 1
         if stop_reason != "reached":
             log.warning(
                 "made %d of %d fused instructions: %s after %d attempts (%s)",

@@ -6,8 +6,8 @@ when there is one); ``TeacherCalls`` runs such rows through the one
 ``TeacherStage`` on a Ray Data actor pool, stops a run whose teacher is down
 (``DEAD_TEACHER_STREAK`` failures in a row) and keeps the token and call tally
 the manifest reports. Rows the cache answers in full never reach a stage, and a
-teacher given as a session (``TeacherCalls.session``) starts only at the first
-call the cache cannot answer: a rerun of a finished job starts nothing.
+teacher given as a start function starts only at the first call the cache
+cannot answer: a rerun of a finished job starts nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from ray_pipeline.config import RayConfig, SamplingConfig, VLLMTeacherConfig
@@ -24,7 +23,7 @@ from ray_pipeline.executor import run_stage
 from ray_pipeline.prompts import PromptTemplate
 from ray_pipeline.stages.teacher_stage import TeacherStage, request_from_row, result_columns
 from ray_pipeline.teachers.base import ChatResult
-from ray_pipeline.teachers.factory import StageTeacherConfig, stage_resources, teacher_session
+from ray_pipeline.teachers.factory import StageTeacherConfig, stage_resources
 
 # This many teacher calls failing in a row (after their retries) means the
 # teacher is down, not that some prompts are bad: stop instead of spending the
@@ -133,8 +132,9 @@ class CallTally:
 class TeacherCalls:
     """Runs request rows through the teacher stage; one per pipeline run.
 
-    Built with a started teacher's stage config, or with ``TeacherCalls.session`` (then used as a context manager),
-    which starts the teacher (an embedded server, say) only when a call misses the cache, and stops it on exit.
+    Built with a started teacher's stage config, or with ``start``: a context-manager factory yielding one (e.g.
+    ``teacher_session``), entered only when a call misses the cache and left when this object is (use it as a
+    context manager). A rerun whose answers are all cached then starts no teacher at all.
     """
 
     def __init__(self, stage_cfg: StageTeacherConfig | None, ray_cfg: RayConfig, cache_dir: object,
@@ -148,11 +148,6 @@ class TeacherCalls:
         self.tally = CallTally()
         self._start = start
         self._stack = ExitStack()
-
-    @classmethod
-    def session(cls, teacher_cfg: object, ray_cfg: RayConfig, cache_dir: Path, log_dir: Path) -> "TeacherCalls":
-        """Calls to a job's teacher (any kind) that start it lazily; use as ``with TeacherCalls.session(...) as calls``."""
-        return cls(None, ray_cfg, cache_dir, start=lambda: teacher_session(teacher_cfg, log_dir))
 
     @property
     def started(self) -> bool:
