@@ -425,3 +425,23 @@ def test_k8s_api_refusals_are_one_line(cli, fake_kube):
     _one_line_error(cli("jobs/sft_quickstart.yaml", "--k8s", "--name", "twice", env=env), "already exists", "--name")
     _, env = fake_kube(crd_installed=False)
     _one_line_error(cli("jobs/sft_quickstart.yaml", "--k8s", "--name", "nocrd", env=env), "KubeRay operator")
+
+
+def test_k8s_worker_groups_follow_the_job_file(cli, tmp_path):
+    """SFT on 4 GPUs gets a GPU group of up to 4 and no CPU group; flags still win."""
+    job = yaml.safe_load((REPO / "jobs" / "sft_if_paper.yaml").read_text())
+    job["scaling"]["num_workers"] = 4
+    job["training"]["per_device_batch_size"] = 4
+    path = tmp_path / "sft.yaml"
+    path.write_text(yaml.safe_dump(job))
+
+    def groups(*extra: str) -> dict:
+        proc = cli(str(path), "--k8s", "--dry-run", "--name", "sft-gpu", *extra)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        rj = [d for d in yaml.safe_load_all(proc.stdout) if d][1]
+        manifests.validate_objects([rj], crd_dir=CRD_DIR)
+        return {g["groupName"]: (g["minReplicas"], g["maxReplicas"]) for g in rj["spec"]["rayClusterSpec"]["workerGroupSpecs"]}
+
+    assert groups() == {"gpu": (0, 4)}
+    assert groups("--gpu-workers", "2", "--cpu-workers", "1") == {"cpu": (0, 1), "gpu": (0, 2)}
+    assert groups("--gpu-workers", "2") == {"gpu": (0, 2)}

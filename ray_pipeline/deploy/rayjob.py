@@ -4,7 +4,9 @@ Both come from rendering ``helm/fusion-ray`` with ``rayCluster.enabled: false`` 
 the chart's RayJob template is the one definition of a RayJob (its own autoscaling RayCluster, hardened pods,
 secrets by reference, the runs volume). Values are layered, later wins:
 
-    the chart's values.yaml  <  --values FILE  <  this job (file, name, output dir)  <  --image/--cpu-workers/--gpu-workers
+    the chart's values.yaml  <  --values FILE  <  this job (file, name, output dir; the worker groups it needs:
+        GPU workers for GPU training or a vLLM teacher on GPUs, unless --values' jobs[] entry sets them)
+        <  --image/--cpu-workers/--gpu-workers
 
 ``--values`` is a values file of the chart; its ``jobs[]`` entry named like the job (or its only entry) gives the
 per-job settings (deadlines, runtimeEnv, env, rayCluster overrides). The job file itself always comes from the
@@ -137,6 +139,21 @@ def _workers(flag: str, n: int) -> dict[str, Any]:
     return {"enabled": False} if n == 0 else {"enabled": True, "minReplicas": 0, "maxReplicas": n}
 
 
+def job_workers(job: Any) -> dict[str, Any]:
+    """The worker groups a job file asks for by itself (flags and --values win): GPU training or a vLLM teacher on
+    GPUs gets GPU workers (and no CPU group for training); anything else keeps the chart's groups."""
+    import math
+
+    if job.kind == "sft" and job.scaling.use_gpu:
+        gpus = math.ceil(job.scaling.num_workers * job.scaling.gpus_per_worker)
+        return {"gpuWorkers": _workers("scaling.num_workers", gpus), "cpuWorkers": {"enabled": False}}
+    teacher = getattr(job, "teacher", None)
+    if getattr(teacher, "kind", None) == "vllm" and teacher.num_gpus > 0:
+        gpus = math.ceil(teacher.num_gpus * teacher.tensor_parallel_size) * job.ray.num_actors
+        return {"gpuWorkers": _workers("teacher.num_gpus", gpus)}
+    return {}
+
+
 def build_values(
     job_file: str | os.PathLike[str],
     *,
@@ -170,7 +187,8 @@ def build_values(
         own = job.output_dir if job.output_dir and _SAFE_PATH.match(job.output_dir) else None
         entry["outputDir"] = own or f"{mount}/{job.name}"
     entry.update(name=label, config=text, rayJobName=rayjob_name, runOnInstall=True, cluster="own")
-    overrides: dict[str, Any] = {}
+    given = entry.get("rayCluster") or {}
+    overrides: dict[str, Any] = {k: v for k, v in job_workers(job).items() if k not in given}
     if cpu_workers is not None:
         overrides["cpuWorkers"] = _workers("--cpu-workers", cpu_workers)
     if gpu_workers is not None:
