@@ -47,7 +47,7 @@ def _job(tmp: Path, rounds: int) -> Path:
             {"path": str(leak), "name": "leaky"},
         ],
         "teacher": {"kind": "embedded", "max_model_len": 2048},
-        "collection": {"k_min": 2, "k_max": 4, "diversify": 1, "sampling": {"temperature": 0.9, "max_tokens": 256}},
+        "collection": {"k_min": 2, "k_max": 3, "diversify": 1, "sampling": {"temperature": 0.9, "max_tokens": 256}},
         # a 270M base model loops under greedy decoding: sample the decomposition
         "decomposition": {"sampling": {"temperature": 0.7, "max_tokens": 320}},
         # N_U = 4 (the paper's 10 is the default, tested in test_uncertainty/test_scorers): this test is
