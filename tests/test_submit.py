@@ -346,7 +346,8 @@ def test_submit_runs_the_job_on_the_cluster(submissions):
     assert len(read_jsonl(run / "sft_messages.jsonl")) == 3
     assert pq.read_table(run / "submitted.parquet").num_rows == manifest["counts"]["attempts"]
     assert key not in (run / "job.yaml").read_text() + (run / "manifest.json").read_text()
-    assert not (REPO / ".fusion-submit").exists(), "the staged copy of the job file was left in the project"
+    # the job file (outside the project) travelled in the job's environment, not as a file put into the project
+    assert "FUSION_SUBMITTED_JOB" in proc.stdout and not (REPO / ".fusion-submit").exists()
 
 
 def test_failing_job_reports_failed(submissions):

@@ -3,8 +3,10 @@
 ``--address http://HEAD:8265`` uploads this project (the source checkout that holds ``ray_pipeline``) as the job's
 ``working_dir`` and runs ``python -m ray_pipeline.cli run <job file> [--output-dir DIR]`` on the cluster, which needs
 the project's dependencies installed (the job image has them). The job file is checked first, so a bad one fails
-here, before anything is sent. A job file outside the project is uploaded as a copy under ``.fusion-submit/`` of the
-package; it must then name no file relative to itself (those would not be uploaded): that is an error. ``--env NAME``
+here, before anything is sent. A job file outside the project travels in the job's environment (``$FUSION_SUBMITTED_JOB``)
+and is written to a temporary file on the cluster, never into the project, so concurrent submissions from one checkout
+never see each other's files; it must then name no file relative to itself (those would not be uploaded): that is an
+error. ``--env NAME``
 forwards that variable's value from this environment (nothing else is forwarded). The command follows the job's log
 to the end, prints its final status and last lines, and exits 0 when it SUCCEEDED, 1 otherwise.
 
@@ -22,10 +24,8 @@ import logging
 import os
 import re
 import shlex
-import shutil
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -34,7 +34,8 @@ import yaml
 from ray_pipeline.config import load_job
 from ray_pipeline.errors import FusionError
 
-STAGING_DIR = ".fusion-submit"
+#: the environment variable that carries a job file from outside the project to the cluster
+JOB_ENV = "FUSION_SUBMITTED_JOB"
 #: never uploaded: virtual environments, run outputs, caches, VCS data, benchmark results, build output
 EXCLUDES = [".venv*", ".git", "runs", "caches", ".cache", "benchmarks/results", "**/__pycache__", "*.pyc",
             "*.egg-info", ".pytest_cache", ".ruff_cache", ".mypy_cache", "build", "dist", ".setup-stamp*"]
@@ -125,7 +126,7 @@ def normalise_address(address: str) -> str:
 
 
 def build_submission(args: argparse.Namespace) -> dict[str, Any]:
-    """What ``--address`` sends: entrypoint, runtime_env, and the staged copy of an outside job file (or None)."""
+    """What ``--address`` sends: the entrypoint and the runtime_env (an outside job file in its env_vars)."""
     misplaced = [f"--{o.replace('_', '-')}" for o in _K8S_ONLY if getattr(args, o, None) is not None]
     if misplaced:
         raise FusionError(f"{', '.join(misplaced)}: only with --k8s")
@@ -134,7 +135,6 @@ def build_submission(args: argparse.Namespace) -> dict[str, Any]:
     env = forwarded_env(args.env or [])
     root = project_root()
     resolved = job_path.resolve()
-    staged = None
     if resolved.is_relative_to(root):
         rel = resolved.relative_to(root).as_posix()
     else:
@@ -146,16 +146,20 @@ def build_submission(args: argparse.Namespace) -> dict[str, Any]:
                 "relative to itself, which would not be uploaded: move the job file into the project, or use "
                 "absolute paths, URLs or hub datasets"
             )
-        rel = f"{STAGING_DIR}/{uuid.uuid4().hex[:12]}/{resolved.name}"
-        staged = (resolved, root / rel)
-    entrypoint = f"python -m ray_pipeline.cli run {shlex.quote(rel)}"
+        env = {**env, JOB_ENV: resolved.read_text(encoding="utf-8")}
+        rel = None
+    if rel is None:   # written where the job runs, in a directory of its own
+        entrypoint = (f'job="$(mktemp -d)/job.yaml" && printf "%s" "${JOB_ENV}" > "$job" && '
+                      f'python -m ray_pipeline.cli run "$job"')
+    else:
+        entrypoint = f"python -m ray_pipeline.cli run {shlex.quote(rel)}"
     if args.output_dir:
         entrypoint += f" --output-dir {shlex.quote(args.output_dir)}"
     run_dir = args.output_dir or str(job.run_dir())
     runtime_env: dict[str, Any] = {"working_dir": str(root), "excludes": list(EXCLUDES)}
     if env:
         runtime_env["env_vars"] = env
-    return {"job": job, "entrypoint": entrypoint, "runtime_env": runtime_env, "staged": staged, "run_dir": run_dir}
+    return {"job": job, "entrypoint": entrypoint, "runtime_env": runtime_env, "run_dir": run_dir}
 
 
 def submit_address(args: argparse.Namespace) -> int:
@@ -169,25 +173,14 @@ def submit_address(args: argparse.Namespace) -> int:
     if args.dry_run:
         shown = dict(sub["runtime_env"])
         if "env_vars" in shown:
-            shown["env_vars"] = {k: "<from the environment>" for k in shown["env_vars"]}
+            shown["env_vars"] = {k: "<the job file>" if k == JOB_ENV else "<from the environment>"
+                                 for k in shown["env_vars"]}
         print(json.dumps({"address": address, "entrypoint": sub["entrypoint"], "runtime_env": shown}, indent=2))
         return 0
     probe_dashboard(address)
     logging.getLogger("ray").setLevel(logging.WARNING)   # packaging chatter; the job's own log follows
     client = _client(address)
-    staged = sub["staged"]
-    try:
-        if staged:
-            staged[1].parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(staged[0], staged[1])
-        submission_id = _submit(client, sub["entrypoint"], sub["runtime_env"], {"fusion_job": job.name})
-    finally:
-        if staged:
-            shutil.rmtree(staged[1].parent, ignore_errors=True)
-            try:
-                staged[1].parent.parent.rmdir()
-            except OSError:
-                pass
+    submission_id = _submit(client, sub["entrypoint"], sub["runtime_env"], {"fusion_job": job.name})
     print(f"submitted {job.name} as Ray job {submission_id} to {address}", flush=True)
     if args.no_follow:
         print(f"follow it: ray job logs --address {address} --follow {submission_id}")
