@@ -653,20 +653,36 @@ def parse_job(data: Any, source: str = "job") -> Any:
         raise ConfigError(format_validation_error(err, source)) from None
 
 
-def load_job(path: str | os.PathLike[str]) -> Any:
-    """Read and validate a job file. Relative seed paths are resolved against its directory."""
+def read_yaml_file(path: str | os.PathLike[str], what: str = "job file") -> Any:
+    """A YAML file's data; ConfigError in one line naming the file and the cause (missing, unreadable, bad YAML)."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"{p}: job file not found")
+        raise ConfigError(f"{p}: {what} not found")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        return yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(f"{p}: invalid YAML{where}: {problem}") from None
     except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{p}: cannot read job file: {err}") from None
+        raise ConfigError(f"{p}: cannot read {what}: {err}") from None
+
+
+def read_yaml_mapping(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping ({} when empty), e.g. a chart's values file."""
+    data = read_yaml_file(path, what)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a {what} must be a YAML mapping")
+    return data
+
+
+def load_job(path: str | os.PathLike[str]) -> Any:
+    """Read and validate a job file. Relative seed paths are resolved against its directory."""
+    p = Path(path)
+    data = read_yaml_file(p, "job file")
     job = parse_job(data, str(p))
     base = p.resolve().parent
     for src in getattr(job, "seeds", []):

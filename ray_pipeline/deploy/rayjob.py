@@ -81,20 +81,10 @@ def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, An
 
 
 def read_values(path: str | os.PathLike[str]) -> dict[str, Any]:
-    p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FusionError(f"--values {p}: file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise FusionError(f"--values {p}: cannot read it: {err}") from None
-    except yaml.YAMLError as err:
-        raise FusionError(f"--values {p}: invalid YAML: {str(err).splitlines()[0]}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise FusionError(f"--values {p}: a values file must be a YAML mapping")
-    return data
+    """A values file of the chart (--values), as a mapping."""
+    from ray_pipeline.config import read_yaml_mapping
+
+    return read_yaml_mapping(path, "values file")
 
 
 def _job_entry(values: Mapping[str, Any], label: str, source: str) -> dict[str, Any]:

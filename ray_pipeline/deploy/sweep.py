@@ -87,23 +87,9 @@ def _one_line(err: Exception) -> str:
 
 def load_values(path: str | Path) -> dict[str, Any]:
     """The values file as a mapping (an empty file means the chart's defaults)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FusionError(f"{p}: values file not found")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise FusionError(f"{p}: invalid YAML{where}: {problem}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise FusionError(f"{p}: cannot read the values file: {err}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise FusionError(f"{p}: a values file must be a YAML mapping (sweep:, image:, results:, ...)")
-    return data
+    from ray_pipeline.config import read_yaml_mapping
+
+    return read_yaml_mapping(path, "values file")
 
 
 def chart_dir() -> Path:
