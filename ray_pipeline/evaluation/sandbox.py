@@ -86,6 +86,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
+from ray_pipeline.processes import process_tree
 from ray_pipeline.errors import FusionError
 
 #: system directories every sandbox sees read-only (those that exist on the host)
@@ -579,7 +580,7 @@ def _stop_supervisor(pid: int) -> None:
         if _gone(pid):
             return
         time.sleep(0.005)
-    for child in _descendants(pid):
+    for child in process_tree(pid):
         _kill(child)
     _kill_group(pid)
 
@@ -590,28 +591,6 @@ def _gone(pid: int) -> bool:
     except (OSError, IndexError):
         return True
     return state in ("Z", "X")
-
-
-def _descendants(root: int) -> set[int]:
-    """Every process below ``root``, from the parent links in /proc."""
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            data = Path(f"/proc/{name}/stat").read_bytes()
-            ppid = int(data[data.rindex(b")") + 2:].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(name))
-    found: set[int] = set()
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 def _watch(proc: subprocess.Popen, work: Path, limits: Limits, started: float,

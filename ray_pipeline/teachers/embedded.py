@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ray_pipeline.config import EmbeddedTeacherConfig
+from ray_pipeline.processes import alive, process_tree
 from ray_pipeline.errors import TeacherError
 from ray_pipeline.teachers.model_files import (
     EMBEDDED_MODEL_NAME,
@@ -65,46 +66,6 @@ def _prctl(option: int, value: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(option, value, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
-
-
-def _proc_table() -> dict[int, tuple[int, int, str]]:
-    """pid -> (ppid, pgid, state) for every process visible in /proc."""
-    table: dict[int, tuple[int, int, str]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                data = fh.read().decode("utf-8", "replace")
-        except OSError:
-            continue
-        fields = data[data.rindex(")") + 2 :].split()
-        table[int(name)] = (int(fields[1]), int(fields[2]), fields[0])
-    return table
-
-
-def process_tree(root: int, pgid: int | None = None) -> set[int]:
-    """Live (non-zombie) descendants of ``root``, plus members of process group ``pgid``."""
-    table = _proc_table()
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    found: set[int] = set()
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    if pgid is not None:
-        found.update(pid for pid, (_, group, _) in table.items() if group == pgid)
-    return {pid for pid in found if pid in table and table[pid][2] not in ("Z", "X")}
-
-
-def alive(pids: Sequence[int] | set[int]) -> set[int]:
-    """The given pids that still exist and are not zombies."""
-    table = _proc_table()
-    return {pid for pid in pids if pid in table and table[pid][2] not in ("Z", "X")}
 
 
 def _signal_all(pids: set[int], sig: int) -> None:
