@@ -61,6 +61,7 @@ bench: setup
 	$(PY) benchmarks/embedded_throughput.py
 	$(PY) benchmarks/scorer_throughput.py
 	HUMANEVAL_OVERRIDE_PATH=$${HUMANEVAL_OVERRIDE_PATH:-../shared/data/bench/evalplus/HumanEvalPlus-v0.1.10.jsonl.gz} $(PY) benchmarks/eval_sandbox_speed.py --parallel 2
+	$(PY) benchmarks/peer_agreement.py --parallel 2
 	$(VENV)/bin/torchrun --nproc-per-node 2 benchmarks/sft_mfu.py --model tiny --strategy ddp --precision fp32
 
 clean:

@@ -49,7 +49,7 @@ def trimmed_copy(source: Path, limit: int | None, work: Path) -> Path:
         return source
     with gzip.open(source, "rt", encoding="utf-8") as fh:
         lines = [line for line in fh if line.strip()][:limit]
-    path = work / f"HumanEvalPlus-first{limit}.jsonl.gz"
+    path = work / f"{source.name.split('.')[0]}-first{limit}.jsonl.gz"
     with gzip.open(path, "wt", encoding="utf-8") as fh:
         fh.writelines(lines)
     return path

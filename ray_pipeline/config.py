@@ -574,9 +574,21 @@ class SandboxConfig(_Strict):
         4096, gt=0, description="address-space limit of a Python solution (evalplus's default); MultiPL-E languages "
                                 "have limits sized for their compilers and runtimes"
     )
+    multiple_memory_mb: int = Field(
+        4096, gt=0, description="memory of a MultiPL-E program: address space of a native one (C++, Rust, Swift, PHP), "
+                                "heap of the JVM (-Xmx) and of Node (--max-old-space-size); MultiPL-E sets no limit"
+    )
+    output_mb: int = Field(64, gt=0, description="the most one program may write to a file or its stdout/stderr "
+                                                 "(MultiPL-E's runner times out past about 200 KB of output)")
+    nproc: int = Field(512, gt=0, description="processes and threads one program may run (evalplus and MultiPL-E set "
+                                              "no limit; a fork bomb is still contained)")
     timeout_s: float | None = Field(None, gt=0, description="MultiPL-E build/run timeout (default: MultiPL-E's per-language values)")
     min_time_limit: float = Field(1.0, gt=0, description="evalplus: smallest per-test time limit (s)")
     gt_time_limit_factor: float = Field(4.0, gt=0, description="evalplus: per-test limit = factor x the reference solution's time")
+    find_zero: Literal["fixed", "0.3.1"] = Field(
+        "fixed", description="evalplus's HumanEval/32 (find_zero) oracle: fixed, as evalplus upstream (a root passes); "
+                             "0.3.1: as evalplus 0.3.1, which fails every solution there (docs/fidelity.md)"
+    )
     isolation: Literal["bwrap", "pod"] = Field(
         "bwrap",
         description="bwrap: each program in its own bubblewrap sandbox (namespaces, read-only system, no network); "

@@ -23,6 +23,16 @@ GSM8K_TRAIN = SHARED / "data/seeds/gsm8k/train.jsonl"
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed")
 
 
+def require_sandbox() -> None:
+    """Skip unless an evaluation sandbox starts here (bubblewrap installed, namespaces allowed)."""
+    from ray_pipeline.evaluation.sandbox import Sandbox, SandboxError
+
+    try:
+        Sandbox().check()
+    except SandboxError as exc:
+        pytest.skip(f"no sandbox on this machine: {exc}")
+
+
 def require_shared() -> None:
     if not CODE_ALPACA.is_file():
         pytest.skip(f"../shared is absent ({CODE_ALPACA} not found): data-backed test skipped")

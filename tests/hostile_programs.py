@@ -1,4 +1,4 @@
-"""Hostile "solutions" of HumanEval/0 that attack the machine they run on.
+"""Hostile "solutions": of HumanEval/0 that attack the machine they run on, of HumanEval/2 that forge their verdict.
 
 Each program in :data:`HOSTILE` defines a correct ``has_close_elements`` and
 attacks at module level first. When the attack is contained, the exception it
@@ -225,3 +225,107 @@ sys.exit(1)
 def program(name: str, **placeholders: object) -> str:
     """The full program: the attack, the solution, the check."""
     return HOSTILE[name].format(**placeholders) + SOLUTION + CHECK
+
+
+#: Solutions of HumanEval/2 (``truncate_number``) that compute no right answer and try to pass anyway, by forging
+#: the verdict instead. Not formatted (no placeholders). :data:`FORGES_EVALPLUS` names those that do pass under
+#: evalplus's own checker, which compares in the process that runs the solution (the positive control).
+FORGERIES: dict[str, str] = {
+    # an output that says it equals anything
+    "eq_always_true": '''
+def truncate_number(number):
+    class Anything:
+        def __eq__(self, other):
+            return True
+        def __ne__(self, other):
+            return False
+        __hash__ = object.__hash__
+    return Anything()
+''',
+    # a float that says it equals anything, holding a wrong value
+    "float_subclass": '''
+def truncate_number(number):
+    class Liar(float):
+        def __eq__(self, other):
+            return True
+        __hash__ = float.__hash__
+    return Liar(-1.0)
+''',
+    # the checker's float comparison patched
+    "patch_allclose": '''
+import numpy
+numpy.allclose = lambda *args, **kwargs: True
+def truncate_number(number):
+    return -1.0
+''',
+    # the expected outputs read from the checker's own frames
+    "read_expected": '''
+import sys
+def truncate_number(number):
+    frame = sys._getframe(1)
+    while frame is not None:
+        if "expected" in frame.f_locals and "i" in frame.f_locals:
+            return frame.f_locals["expected"][frame.f_locals["i"]]
+        frame = frame.f_back
+    return -1.0
+''',
+    # the runner's output writer patched, to write a constant whatever the solution returns
+    "patch_writer": '''
+import sys
+for module in list(sys.modules.values()):
+    if hasattr(module, "dumps") and hasattr(module, "to_plain"):
+        module.dumps = lambda value: "0.5"
+def truncate_number(number):
+    return -1.0
+''',
+    # a passing verdict printed on every descriptor and on stdout, then an exit with status 0 before any input
+    "fake_report": '''
+import os
+LINES = (b'{"end":"done"}\\n', b'{"phase":"base","exit":0}\\n', b'{"phase":"plus","exit":0}\\n',
+         b'{"base": {"status": "pass", "done": 3, "failed_at": null, "total": 3}, "plus": null}\\n')
+for fd in range(1, 64):
+    for line in LINES:
+        try:
+            os.write(fd, line)
+        except OSError:
+            pass
+print('{"base": {"status": "pass"}, "plus": {"status": "pass"}}')
+os._exit(0)
+def truncate_number(number):
+    return -1.0
+''',
+    # an exit with status 0 as soon as the function is called
+    "exit_zero": '''
+def truncate_number(number):
+    import posix
+    posix._exit(0)
+''',
+    # SystemExit(0) from the function
+    "system_exit": '''
+def truncate_number(number):
+    raise SystemExit(0)
+''',
+    # the runner's parent killed, so that it never reports the phase
+    "kill_runner": '''
+import posix, signal
+def truncate_number(number):
+    posix.kill(posix.getppid(), signal.SIGKILL)
+    return -1.0
+''',
+}
+FORGES_EVALPLUS = {"eq_always_true", "float_subclass", "patch_allclose", "read_expected"}
+
+#: a correct HumanEval/2 solution that leaves behind a double-forked, new-session process ignoring SIGTERM;
+#: ``{marker}`` is in its command line (evalplus's join waits for it to close an inherited pipe: its whole timeout)
+ORPHAN = '''
+import posix, signal, time
+if posix.fork() == 0:
+    posix.setsid()
+    if posix.fork() == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        posix.execv("/bin/sleep", ["/bin/sleep", "60", "{marker}"])
+    posix._exit(0)
+
+def truncate_number(number):
+    return number % 1.0
+'''

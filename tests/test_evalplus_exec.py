@@ -1,12 +1,15 @@
-"""HumanEval+/MBPP+ scoring in the sandbox gives evalplus's own verdicts.
+"""HumanEval+/MBPP+ scoring in the sandbox gives evalplus's own verdicts, and none a solution can forge.
 
 Every verdict is compared with ``evalplus.evaluate.check_correctness`` run in
 this process (outside the sandbox) on the same solution and expected outputs:
 canonical solutions, including the special-oracle tasks, and wrong ones (a wrong
 constant, an off-by-one that only the plus inputs catch, an exception, a syntax
-error, an endless loop inside the function and one at import). Also: the data
-is processed as evalplus processes it, the expected-output cache is written,
-reused and extended, and bad input gives one-line errors.
+error, an endless loop inside the function and one at import). Solutions that
+forge their verdict (``tests/hostile_programs.FORGERIES``) pass under evalplus's
+own checker and fail here; a solution that leaves an orphan behind is not held
+up by it. Also: the data is processed as evalplus processes it, the
+expected-output cache is written, reused and extended, and bad input gives
+one-line errors.
 """
 
 from __future__ import annotations
@@ -29,8 +32,8 @@ from ray_pipeline.evaluation.evalplus_data import EvalPlusData, expected_outputs
 from ray_pipeline.evaluation.executors import evalplus as evalplus_executor
 from ray_pipeline.evaluation.executors.base import Verdict
 from ray_pipeline.evaluation.executors.evalplus import EvalPlusExecutor
-from ray_pipeline.evaluation.sandbox import Sandbox, SandboxError
-from tests.conftest import SHARED, needs_bwrap, require_shared
+from tests.conftest import SHARED, needs_bwrap, require_sandbox, require_shared
+from tests.hostile_programs import FORGERIES, FORGES_EVALPLUS, ORPHAN
 
 pytestmark = needs_bwrap
 
@@ -48,10 +51,7 @@ MBPP_TASKS = ["Mbpp/2", "Mbpp/6", "Mbpp/63", "Mbpp/124", "Mbpp/558", "Mbpp/581",
 @pytest.fixture(scope="module", autouse=True)
 def _needs_data_and_sandbox() -> None:
     require_shared()
-    try:
-        Sandbox().check()
-    except SandboxError as exc:
-        pytest.skip(f"no sandbox on this machine: {exc}")
+    require_sandbox()
 
 
 @pytest.fixture(scope="module")
@@ -162,15 +162,26 @@ def test_canonical_solutions_match_evalplus(he: EvalPlusData, mbpp: EvalPlusData
     for (data, tid), verdict in zip(jobs, verdicts):
         rec = data.problems[tid]
         theirs = _in_process(data, tid, rec["prompt"] + rec["canonical_solution"], cache_dir)
-        _assert_same(verdict, theirs, executors[data.dataset])
+        assert verdict.passed and verdict.base_passed and verdict.status == "pass", (tid, verdict)
+        assert verdict.detail == "" and verdict.exit_code == 0
         if tid == "HumanEval/32":
-            # evalplus 0.3.1's find_zero oracle `continue`s before recording the input as passed, so even the
-            # canonical solution fails there (evalplus PR #201 discussion); we give evalplus's verdict.
-            assert (verdict.base_status, verdict.status) == ("fail", "fail")
-            assert "0 of 100 inputs checked" in verdict.detail
+            # the one difference on purpose (docs/fidelity.md): evalplus 0.3.1's find_zero oracle `continue`s
+            # before it records the input as passed, so even the canonical solution fails there; upstream fixed
+            # it, and so does our oracle
+            assert theirs == {"base": ("fail", 0), "plus": ("fail", 0)}
         else:
-            assert verdict.passed and verdict.base_passed and verdict.status == "pass", (tid, verdict)
-            assert verdict.detail == "" and verdict.exit_code == 0
+            _assert_same(verdict, theirs, executors[data.dataset])
+
+
+def test_find_zero_can_be_scored_as_evalplus_0_3_1(he: EvalPlusData, cache_dir: Path) -> None:
+    """The switch back to evalplus 0.3.1's HumanEval/32 oracle gives its verdict on the canonical solution."""
+    executor = EvalPlusExecutor("humaneval", he, cache_dir=cache_dir, find_zero="0.3.1")
+    rec = he.problems["HumanEval/32"]
+    solution = rec["prompt"] + rec["canonical_solution"]
+    problem = next(p for p in he.as_problems() if p.task_id == "HumanEval/32")
+    verdict = executor.score(problem, solution)
+    assert (verdict.base_status, verdict.status, verdict.passed) == ("fail", "fail", False)
+    _assert_same(verdict, _in_process(he, "HumanEval/32", solution, cache_dir), executor)
 
 
 WRONG = [
@@ -325,3 +336,56 @@ def test_bad_input_one_line_errors(tmp_path: Path, he: EvalPlusData) -> None:
     with pytest.raises(EvaluationError) as exc:
         executor.score(other, "x = 1\n")
     assert "HumanEval/2 is not in the loaded data" in _one_line(exc)
+
+
+# ------------------------------------------------------------------ forgeries
+@pytest.mark.parametrize("name", sorted(FORGERIES))
+def test_forged_verdicts_fail(name: str, executors: dict[str, EvalPlusExecutor], cache_dir: Path) -> None:
+    """Solutions that forge the verdict instead of answering fail here; several pass under evalplus's checker."""
+    executor = executors["humaneval"]
+    problem = next(p for p in executor.data.as_problems() if p.task_id == "HumanEval/2")
+    solution = executor.data.problems["HumanEval/2"]["prompt"].split("def truncate_number")[0] + FORGERIES[name]
+    verdict = executor.score(problem, solution)
+    assert not verdict.passed and not verdict.base_passed, verdict
+    assert verdict.status != "pass" and verdict.base_status != "pass"
+    assert verdict.detail and "\n" not in verdict.detail
+    if name in FORGES_EVALPLUS:  # the attack is real: evalplus's own checker is fooled (the others would write
+        # to this process's descriptors, so they are not run outside a sandbox)
+        theirs = _in_process(executor.data, "HumanEval/2", solution, cache_dir)
+        assert theirs["base"][0] == "pass" and theirs["plus"][0] == "pass", theirs
+
+
+def test_an_orphan_does_not_hold_the_sandbox(executors: dict[str, EvalPlusExecutor]) -> None:
+    """A correct solution that leaves a process behind passes at once, and the process is gone."""
+    executor = executors["humaneval"]
+    problem = next(p for p in executor.data.as_problems() if p.task_id == "HumanEval/2")
+    marker = f"fusion-orphan-{os.getpid()}"
+    verdict = executor.score(problem, ORPHAN.format(marker=marker))
+    assert verdict.passed, verdict
+    assert verdict.wall_s < 5, verdict  # evalplus waits its whole per-phase timeout for it
+    left = [p for p in Path("/proc").iterdir() if p.name.isdigit() and marker in _cmdline(p)]
+    assert left == []
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def test_outputs_leave_the_sandbox_as_plain_data_of_their_exact_type(executors: dict[str, EvalPlusExecutor]) -> None:
+    """NumPy scalars and subclasses of plain types count as the value they hold; a tuple for a list does not."""
+    executor = executors["mbpp"]
+    problem = next(p for p in executor.data.as_problems() if p.task_id == "Mbpp/63")  # max_difference -> int
+    rec = executor.data.problems["Mbpp/63"]
+    numpy_int = rec["canonical_solution"] + "\nimport numpy\n_real = max_difference\n" \
+                                            "def max_difference(test_list):\n    return numpy.int64(_real(test_list))\n"
+    assert executor.score(problem, numpy_int).passed
+    he = executors["humaneval"]
+    problem = next(p for p in he.data.as_problems() if p.task_id == "HumanEval/12")  # longest -> str or None
+    rec = he.data.problems["HumanEval/12"]
+    as_tuple = rec["prompt"] + rec["canonical_solution"] + "\n_real = longest\ndef longest(strings):\n" \
+                                                          "    return (_real(strings),)\n"
+    verdict = he.score(problem, as_tuple)
+    assert not verdict.passed and "wrong output" in verdict.detail

@@ -254,3 +254,63 @@ def test_executor_registry(sandbox: Sandbox) -> None:
     with pytest.raises(EvaluationError, match="unknown MultiPL-E language 'ruby'"):
         multiple_executor("ruby", sandbox)
     assert multiple_data.data_file_name("rust") == "humaneval-rs-reworded.jsonl"
+
+
+# ------------------------------------------------------------ limits and exit codes as MultiPL-E's
+#: completions of the self-check's `add` problem (no ../shared needed) that do what MultiPL-E's evaluator lets a
+#: program do, each on the first call only (x == 0), then answer right; (language, completion)
+GENEROUS = {
+    "allocate_2_5_gb": ("cpp", "    if (x == 0) { char *p = new char[2500ull << 20]; p[0] = 1; p[1] = p[0]; }\n"
+                               "    return x + y;\n"),
+    "cpp_100_threads": ("cpp", "    if (x == 0) {\n        std::vector<std::thread> ts;\n"
+                               "        for (int i = 0; i < 100; i++)\n"
+                               "            ts.emplace_back([] { std::this_thread::sleep_for(std::chrono::milliseconds(300)); });\n"
+                               "        for (auto &t : ts) t.join();\n    }\n    return x + y;\n"),
+    "print_1_mb": ("cpp", "    if (x == 0) { std::string s(1 << 20, 'x'); std::cout << s << std::endl; }\n"
+                          "    return x + y;\n"),
+    "rust_100_threads": ("rs", "    if x == 0 {\n        let hs: Vec<_> = (0..100).map(|_| std::thread::spawn(|| "
+                               "std::thread::sleep(std::time::Duration::from_millis(300)))).collect();\n"
+                               "        for h in hs { h.join().unwrap(); }\n    }\n    x + y\n"),
+    "java_heap_2_1_gb": ("java", "        if (x == 0) { long[] big = new long[270_000_000]; big[1] = 1; x += big[0]; }\n"
+                                 "        return x + y;\n"),
+}
+
+
+def _known(executor: MultiplEExecutor) -> Problem:
+    return executor.known_programs().problem
+
+
+@pytest.mark.parametrize("name", sorted(GENEROUS))
+def test_limits_accept_what_multiple_accepts(sandbox: Sandbox, name: str) -> None:
+    """Memory, threads, heaps and output volume that MultiPL-E's evaluator allows pass here too."""
+    language, completion = GENEROUS[name]
+    executor = available(language, sandbox)
+    verdict = executor.score(_known(executor), completion)
+    assert verdict.passed and (verdict.status, verdict.exit_code) == ("OK", 0), verdict
+
+
+def test_killed_programs_get_multiple_exit_codes(sandbox: Sandbox) -> None:
+    """A failed C assert aborts (SIGABRT: -6), a null write segfaults (SIGSEGV: -11), as MultiPL-E's results say."""
+    executor = available("cpp", sandbox)
+    problem = _known(executor)
+    aborted = executor.score(problem, executor.known_programs().wrong)
+    assert (aborted.status, aborted.exit_code, aborted.passed) == ("Exception", -6, False), aborted
+    crashed = executor.score(problem, "    if (x == 0) { volatile int *p = nullptr; *p = 1; }\n    return x + y;\n")
+    assert (crashed.status, crashed.exit_code, crashed.passed) == ("Exception", -11, False), crashed
+
+
+def test_limits_are_configurable(sandbox: Sandbox) -> None:
+    """A smaller memory or process limit than the default fails what the default lets through."""
+    executor = available("cpp", sandbox, memory_mb=1024)
+    verdict = executor.score(_known(executor), GENEROUS["allocate_2_5_gb"][1])
+    assert not verdict.passed and verdict.status == "Exception", verdict
+    few = available("cpp", sandbox, nproc=16)
+    verdict = few.score(_known(few), GENEROUS["cpp_100_threads"][1])
+    assert not verdict.passed and verdict.status == "Exception", verdict
+
+
+def test_an_exit_code_above_the_signals_is_kept(sandbox: Sandbox) -> None:
+    """PHP exits 255 on an uncaught exception: MultiPL-E records 255, and so does this (not a signal)."""
+    executor = available("php", sandbox)
+    verdict = executor.score(_known(executor), executor.known_programs().wrong)
+    assert (verdict.status, verdict.exit_code) == ("Exception", 255), verdict

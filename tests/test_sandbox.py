@@ -27,7 +27,7 @@ import pytest
 
 from ray_pipeline.evaluation import sandbox as sandbox_module
 from ray_pipeline.evaluation.sandbox import Limits, Outcome, Sandbox, SandboxError, slot_uid
-from tests.conftest import REPO, needs_bwrap
+from tests.conftest import REPO, needs_bwrap, require_sandbox
 from tests.hostile_programs import CHECK, HOSTILE, SOLUTION, program
 
 pytestmark = needs_bwrap
@@ -72,10 +72,7 @@ def _sandbox(tmp_path: Path, *extra: str | Path) -> Sandbox:
 
 @pytest.fixture(scope="module", autouse=True)
 def _sandbox_works() -> None:
-    try:
-        Sandbox().check()
-    except SandboxError as exc:
-        pytest.skip(f"no sandbox on this machine: {exc}")
+    require_sandbox()
 
 
 def _report(outcome: Outcome) -> str:
@@ -334,14 +331,20 @@ def test_concurrent_sandboxes_get_distinct_uids(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- the limits
-@pytest.mark.parametrize("cgroups", [True, False], ids=["cgroup", "no-cgroup"])
-def test_timeout_kills_grandchildren(cgroups: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A child that left the process group and ignores SIGTERM dies with the sandbox at the wall clock."""
+def _sandbox_with_cgroups(cgroups: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Sandbox:
+    """A sandbox with a cgroup per run (skipped where the host allows none), or without, as in a pod."""
     sandbox = _sandbox(tmp_path)
     if cgroups and not sandbox.cgroups:
         pytest.skip("no writable cgroup here")
     if not cgroups:
         monkeypatch.setattr(sandbox_module, "_cgroup_host", lambda: None)
+    return sandbox
+
+
+@pytest.mark.parametrize("cgroups", [True, False], ids=["cgroup", "no-cgroup"])
+def test_timeout_kills_grandchildren(cgroups: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child that left the process group and ignores SIGTERM dies with the sandbox at the wall clock."""
+    sandbox = _sandbox_with_cgroups(cgroups, tmp_path, monkeypatch)
     marker = f"fusion-sandbox-test-{uuid.uuid4().hex[:12]}"
     source = (
         "import subprocess, sys, time\n"
@@ -356,6 +359,29 @@ def test_timeout_kills_grandchildren(cgroups: bool, tmp_path: Path, monkeypatch:
     assert time.monotonic() - started < limits.wall_s + MARGIN_S
     assert outcome.timed_out and outcome.exit_code is None and not outcome.ok
     assert outcome.stdout == "spawned\n"
+    assert _sandbox_processes(marker) == []
+
+
+@pytest.mark.parametrize("cgroups", [True, False], ids=["cgroup", "no-cgroup"])
+def test_a_program_that_ends_takes_everything_it_left_with_it(cgroups: bool, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A double-forked, new-session orphan ignoring SIGTERM neither holds the sandbox nor outlives it."""
+    sandbox = _sandbox_with_cgroups(cgroups, tmp_path, monkeypatch)
+    marker = f"fusion-sandbox-test-{uuid.uuid4().hex[:12]}"
+    source = (
+        "import os, signal\n"
+        "if os.fork() == 0:\n"
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        f"        os.execv('/bin/sleep', ['/bin/sleep', '60', '{marker}'])\n"
+        "    os._exit(0)\n"
+        "print('done', flush=True)\n"
+    )
+    started = time.monotonic()
+    outcome = sandbox.run([sys.executable, "-c", source], limits=replace(LIMITS, wall_s=30))
+    assert outcome.ok and outcome.stdout == "done\n"
+    assert time.monotonic() - started < MARGIN_S
     assert _sandbox_processes(marker) == []
 
 

@@ -76,10 +76,20 @@ def make_executor(spec: dict[str, Any], sandbox_cfg: dict[str, Any]) -> Executor
         return EvalPlusExecutor(
             spec["benchmark"], data, Sandbox(isolation=isolation),
             min_time_limit=sandbox_cfg["min_time_limit"], gt_time_limit_factor=sandbox_cfg["gt_time_limit_factor"],
-            memory_mb=sandbox_cfg["memory_mb"],
+            memory_mb=sandbox_cfg["memory_mb"], nproc=sandbox_cfg.get("nproc"), output_mb=sandbox_cfg.get("output_mb"),
+            find_zero=sandbox_cfg.get("find_zero", "fixed"),
         )
     from ray_pipeline.evaluation.executors.multiple import multiple_executor
 
     timeout = sandbox_cfg.get("timeout_s")
     return multiple_executor(spec["language"], Sandbox(isolation=isolation), build_timeout_s=timeout,
-                             run_timeout_s=timeout)
+                             run_timeout_s=timeout, memory_mb=sandbox_cfg.get("multiple_memory_mb"),
+                             nproc=sandbox_cfg.get("nproc"), output_mb=sandbox_cfg.get("output_mb"))
+
+
+def check_scoring(executor: Executor, suite: str) -> None:
+    """The suite's scoring path passes a known-correct and fails a known-wrong solution, or EvaluationError."""
+    try:
+        executor.self_check()
+    except EvaluationError as err:
+        raise EvaluationError(f"cannot score {suite}: the scoring self-check failed: {err}") from None

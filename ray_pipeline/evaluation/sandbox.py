@@ -12,7 +12,10 @@ build or run step) goes through :meth:`Sandbox.run`. Inside the sandbox:
   else of the host exists, so neither ``$HOME`` nor the project is visible
   (nor ``/sys``, ``/run`` or the host's ``/tmp``);
 - one writable directory, the program's own, mounted at ``/tmp`` (its working
-  directory), and a small ``/dev/shm``;
+  directory), and a small ``/dev/shm``; a read-only host path that lies under
+  ``/tmp`` (a checkout, a virtualenv) is mounted after it, on top, so it stays
+  visible wherever the project lives (a file the caller writes where such a
+  path is mounted is an error);
 - an empty environment except ``PATH``, ``HOME=/tmp``, ``TMPDIR`` and the
   variables the caller passes, so no secret of the host leaks in;
 - no capabilities, and an unprivileged user. As a normal user, bwrap runs in
@@ -76,6 +79,7 @@ import select
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -84,7 +88,7 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import BinaryIO, Callable, Mapping, Sequence
 
 from ray_pipeline.processes import process_tree
 from ray_pipeline.errors import FusionError
@@ -99,6 +103,8 @@ MAX_WORK_ENTRIES = 10_000
 MAX_WORK_DEPTH = 32
 #: total memory of a sandbox when Limits.total_memory_mb is None (or memory_mb, if larger)
 DEFAULT_TOTAL_MEMORY_MB = 4096
+#: the highest signal number (SIGRTMAX on Linux): an exit code of 128 + up to this means a signal killed the program
+MAX_SIGNAL = 64
 #: how programs are isolated: each in bubblewrap, or the pod as the sandbox (see the module docstring)
 ISOLATIONS = ("bwrap", "pod")
 #: overrides SandboxConfig.isolation where the programs run (the evaluation image sets it to "pod")
@@ -110,8 +116,8 @@ _POD_STOP_S = 2.0
 #: base of the per-sandbox uids used when the host runs as root
 _UID_BASE = 200_000
 _SLOTS_PER_PROCESS = 64
-#: how often the work directory is measured while a program runs
-_POLL_S = 0.1
+#: how often the work directory is measured (and ``on_poll`` called) while a program runs
+_POLL_S = 0.05
 #: how long a killed sandbox's processes may take to vanish before it is an infrastructure error
 _REAP_S = 10.0
 
@@ -163,8 +169,12 @@ class Outcome:
 
     @property
     def signal(self) -> int | None:
-        """The signal that killed the program, if one did (bwrap reports 128 + signal)."""
-        if self.exit_code is not None and self.exit_code > 128:
+        """The signal that killed the program, if one did (bwrap reports 128 + signal).
+
+        An exit code of 129 to 192 (signals 1 to SIGRTMAX, 64) is read as a
+        signal; PHP's 255 for an uncaught exception, for example, is not.
+        """
+        if self.exit_code is not None and 128 < self.exit_code <= 128 + MAX_SIGNAL:
             return self.exit_code - 128
         return None
 
@@ -370,7 +380,15 @@ class Sandbox:
         for d in SYSTEM_DIRS:
             if os.path.exists(d):
                 args += ["--ro-bind", d, d]
-        made: set[str] = set()
+        args += [
+            "--proc", "/proc",
+            "--dev", "/dev",
+            "--perms", "1777", "--size", str(limits.shm_mb * 1024 * 1024), "--tmpfs", "/dev/shm",
+            # the work directory first, then the read-only paths: one under /tmp (a checkout, a virtualenv
+            # there) is mounted on top of it, not hidden by it
+            "--bind", str(work), WORKDIR,
+        ]
+        made: set[str] = {WORKDIR}
         for p in self.read_only:
             if any(p == d or p.startswith(d + "/") for d in SYSTEM_DIRS):
                 continue
@@ -379,13 +397,7 @@ class Sandbox:
                     made.add(str(parent))
                     args += ["--perms", "0755", "--dir", str(parent)]
             args += ["--ro-bind", p, p]
-        args += [
-            "--proc", "/proc",
-            "--dev", "/dev",
-            "--perms", "1777", "--size", str(limits.shm_mb * 1024 * 1024), "--tmpfs", "/dev/shm",
-            "--bind", str(work), WORKDIR,
-            "--chdir", WORKDIR,
-        ]
+        args += ["--chdir", WORKDIR]
         merged = {"PATH": DEFAULT_PATH, "HOME": WORKDIR, "TMPDIR": WORKDIR, "LANG": "C.UTF-8"}
         merged.update(self.env)
         merged.update(env)
@@ -422,6 +434,7 @@ class Sandbox:
         env: Mapping[str, str] | None = None,
         read_back: Sequence[str] = (),
         work: Path | None = None,
+        on_poll: Callable[[], None] | None = None,
     ) -> Outcome:
         """Run ``argv`` in a fresh sandbox whose ``/tmp`` holds ``files``.
 
@@ -431,6 +444,9 @@ class Sandbox:
         either isolation; pod isolation maps that to the host directory.
         ``read_back``: names of files in the work directory to return in ``Outcome.files``
         (a name that is not a regular file inside the work directory is left out).
+        ``on_poll``: called every ``_POLL_S`` while the program runs (e.g. to read
+        its results as they come); if it raises, the sandbox is stopped and the
+        exception goes to the caller.
         """
         limits = limits or Limits()
         own = work is None
@@ -438,6 +454,8 @@ class Sandbox:
         try:
             work_dir = scratch / "work" if own else Path(work)
             work_dir.mkdir(exist_ok=True)
+            for name in files or {}:
+                self._check_not_shadowed(name)
             for name, content in (files or {}).items():
                 data = content.encode("utf-8") if isinstance(content, str) else content
                 flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
@@ -448,7 +466,7 @@ class Sandbox:
                 uid = slot_uid(slot) if _as_root() and self.isolation == "bwrap" else None
                 if uid is not None:
                     _chown_tree(work_dir, uid)
-                outcome = self._run(argv, work_dir, scratch, limits, stdin, env or {}, uid, slot)
+                outcome = self._run(argv, work_dir, scratch, limits, stdin, env or {}, uid, slot, on_poll)
             for name in read_back:
                 path = _file_to_read(work_dir, name)
                 if path is not None:
@@ -457,6 +475,19 @@ class Sandbox:
             return outcome
         finally:
             _remove_tree(scratch)
+
+    @property
+    def under_workdir(self) -> list[str]:
+        """The read-only paths that lie under ``/tmp``, the work directory's place in the sandbox."""
+        return [p for p in self.read_only if p.startswith(WORKDIR + "/")]
+
+    def _check_not_shadowed(self, name: str) -> None:
+        """A file the caller puts in the work directory must not sit where a read-only path is mounted."""
+        path = WORKDIR + "/" + "/".join(_parts(name))
+        for p in self.under_workdir:
+            if p == path or p.startswith(path + "/") or path.startswith(p + "/"):
+                raise SandboxError(f"the sandbox's file {name!r} collides with the read-only path {p} "
+                                   f"mounted in its work directory")
 
     def new_workdir(self) -> Path:
         """A host directory for a multi-step program (build, then run); remove it with ``remove_workdir``."""
@@ -467,7 +498,8 @@ class Sandbox:
         _remove_tree(path)
 
     def _run(self, argv: Sequence[str], work: Path, scratch: Path, limits: Limits, stdin: bytes | None,
-             env: Mapping[str, str], uid: int | None, slot: int) -> Outcome:
+             env: Mapping[str, str], uid: int | None, slot: int,
+             on_poll: Callable[[], None] | None = None) -> Outcome:
         out_path, err_path, in_path = scratch / "stdout", scratch / "stderr", scratch / "stdin"
         in_path.write_bytes(stdin or b"")
         host = _cgroup_host()
@@ -490,7 +522,8 @@ class Sandbox:
                 proc = subprocess.Popen(command, stdin=fin, stdout=fout, stderr=ferr, start_new_session=True,
                                         close_fds=True, pass_fds=(status.fileno(),), env=popen_env,
                                         cwd=work if pod else None)
-                raw, killed_for = _watch(proc, work, limits, started, _stop_supervisor if pod else _kill_group)
+                raw, killed_for = _watch(proc, work, limits, started, _stop_supervisor if pod else _kill_group,
+                                         on_poll)
                 wall = time.monotonic() - started
                 status.seek(0)
                 reports = [json.loads(line) for line in status.read().splitlines() if line.strip()]
@@ -594,12 +627,13 @@ def _gone(pid: int) -> bool:
 
 
 def _watch(proc: subprocess.Popen, work: Path, limits: Limits, started: float,
-           stop: Callable[[int], None]) -> tuple[int, str]:
+           stop: Callable[[int], None], on_poll: Callable[[], None] | None = None) -> tuple[int, str]:
     """Wait for the sandbox; ``stop`` it at the wall-clock limit or when its work directory overflows.
 
     Returns bwrap's (or the pod supervisor's) return code (negative: killed by
     that signal) and why the sandbox was stopped ("" if it was not, "timeout"
-    for the wall clock).
+    for the wall clock). ``on_poll`` runs at every poll; should it raise, the
+    sandbox is stopped first.
     """
     with _ExitWaiter(proc) as exited:
         while True:
@@ -607,6 +641,13 @@ def _watch(proc: subprocess.Popen, work: Path, limits: Limits, started: float,
             if exited(max(0.0, min(_POLL_S, left))):
                 return proc.wait(), ""
             reason = "timeout" if left <= _POLL_S else _work_overflow(work, limits)
+            if not reason and on_poll is not None:
+                try:
+                    on_poll()
+                except BaseException:
+                    stop(proc.pid)
+                    proc.wait()
+                    raise
             if reason:
                 stop(proc.pid)
                 return proc.wait(), reason
@@ -705,6 +746,26 @@ def _file_to_read(work: Path, name: str) -> Path | None:
         if path.is_symlink():
             return None
     return path if path.is_file() else None
+
+
+def open_work_file(work: Path, name: str) -> BinaryIO | None:
+    """``name`` in a work directory opened for reading, if it is a regular file reached through no link.
+
+    For results a program left behind, read after its sandbox ended: a link, a
+    FIFO or a device in its place gives None, never a blocked or redirected read.
+    """
+    path = _file_to_read(work, name)
+    if path is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 def _head(path: Path, limit: int) -> str:

@@ -1,8 +1,12 @@
 """Evaluation of models on HumanEval(+), MBPP(+) and MultiPL-E, the papers' benchmarks.
 
 1. Load the suites' problems (``evaluation.benchmarks``) and check, before any
-   work, that the sandbox starts and which languages' toolchains exist here
-   (a missing one is reported as skipped, never scored).
+   work, that the sandbox starts, which languages' toolchains exist here (a
+   missing one is reported as skipped, never scored), and that every suite's
+   scoring path scores a known-correct solution as passing and a known-wrong
+   one as failing (``Executor.self_check``): a broken checker stops the run
+   with one line instead of scoring every sample wrong. On a remote cluster
+   each scoring actor runs that self-check where it scores.
 2. For each model: generate n samples per problem through the teacher stage
    (the same Ray Data stage and backends as data generation; calls cached in
    the run directory, so an interrupted run resumes), and turn each answer into
@@ -34,7 +38,7 @@ from ray_pipeline.cache import load_cache
 from ray_pipeline.config import EvalJob, job_to_dict
 from ray_pipeline.errors import EvaluationError
 from ray_pipeline.evaluation import results
-from ray_pipeline.evaluation.benchmarks import Suite, load_suites, make_executor
+from ray_pipeline.evaluation.benchmarks import Suite, check_scoring, load_suites, make_executor
 from ray_pipeline.evaluation.generation import PREFIX, request_rows, to_sample
 from ray_pipeline.evaluation.sandbox import isolation_mode
 from ray_pipeline.evaluation.sharding import Shard, format_shard, normalise, select
@@ -52,8 +56,9 @@ def preflight(job: EvalJob, local: bool = True) -> tuple[list[Suite], dict[str, 
     """Problems of every suite, and {suite: reason} for the suites this machine cannot score.
 
     Raises EvaluationError (one line) for missing or malformed benchmark data, an
-    unknown template, or a sandbox that cannot start. ``local``: scoring runs on
-    this machine, so its toolchains decide what is skipped.
+    unknown template, a sandbox that cannot start, or a suite whose scoring fails
+    its self-check. ``local``: scoring runs on this machine, so its toolchains
+    decide what is skipped and its scoring path is checked here.
     """
     for model in job.models:
         if model.prompt == "chat":
@@ -69,12 +74,15 @@ def preflight(job: EvalJob, local: bool = True) -> tuple[list[Suite], dict[str, 
             raise EvaluationError(f"cannot score programs: {err}") from None
         cfg = job.sandbox.model_dump()
         for suite in suites:
-            if suite.benchmark == "multiple":
-                executor = make_executor(suite.spec(), cfg)
+            executor = make_executor(suite.spec(), cfg)
+            try:
                 reason = executor.unavailable_reason()
-                executor.close()
                 if reason:
                     skipped[suite.name] = reason
+                else:
+                    check_scoring(executor, suite.name)
+            finally:
+                executor.close()
     return suites, skipped
 
 
@@ -193,7 +201,8 @@ class EvaluationRun:
                                    "finish_reason")} for s in samples]
         batch = max(2 * sandbox.parallel, math.ceil(len(rows) / (4 * sandbox.num_actors)))
         scored = run_stage(
-            rows, ScoreStage, {"suites": specs, "sandbox": sandbox.model_dump()},
+            # on a remote cluster the driver checked nothing: each actor checks its scoring where it scores
+            rows, ScoreStage, {"suites": specs, "sandbox": sandbox.model_dump(), "self_check": self.address is not None},
             batch_size=min(batch, 256), num_actors=sandbox.num_actors,
             resources={"num_cpus": min(float(sandbox.parallel), cpus)},
         )

@@ -7,8 +7,11 @@ a suite could not be scored on this node, e.g. its compiler is missing) and
 ``node``.
 
 One executor per suite is built on first use inside the actor (evalplus data
-and its expected outputs are loaded there), and the rows of a batch run in up
-to ``parallel`` sandboxes at once. Ray Data runs the class as an actor pool,
+and its expected outputs are loaded there); with ``self_check`` it first scores
+its known-correct and known-wrong programs (``Executor.self_check``) and the
+actor fails, with that one line, if either verdict is wrong, so a node whose
+scoring is broken stops the run instead of failing every sample. The rows of a
+batch run in up to ``parallel`` sandboxes at once. Ray Data runs the class as an actor pool,
 one per node or more, and a test can call it directly.
 """
 
@@ -30,9 +33,10 @@ VERDICT_FIELDS = ("passed", "status", "base_passed", "base_status", "exit_code",
 class ScoreStage:
     """``map_batches`` UDF: score every row's solution in the sandbox."""
 
-    def __init__(self, suites: dict[str, dict[str, Any]], sandbox: dict[str, Any]):
+    def __init__(self, suites: dict[str, dict[str, Any]], sandbox: dict[str, Any], self_check: bool = False):
         self.suites = suites
         self.sandbox_cfg = sandbox
+        self.self_check = self_check
         self.parallel = int(sandbox.get("parallel", 1))
         self.executors: dict[str, Executor] = {}
         self.unavailable: dict[str, str] = {}
@@ -49,6 +53,14 @@ class ScoreStage:
             self.unavailable[suite] = reason
             executor.close()
             return None
+        if self.self_check:
+            from ray_pipeline.evaluation.benchmarks import check_scoring
+
+            try:
+                check_scoring(executor, suite)
+            except Exception:
+                executor.close()
+                raise
         self.executors[suite] = executor
         return executor
 

@@ -5,7 +5,8 @@ the run's ``-cp`` holds the classes and the jar; 15 s per step; a failed or
 timed-out build is a SyntaxError. ``-ea`` keeps the tests' asserts live.
 
 The JVM reserves large virtual ranges, so neither step has an address-space
-limit; the heap is capped by flags instead, and the serial GC keeps the thread
+limit; the heap is capped by flags instead (the program's ``-Xmx`` is the
+executor's ``memory_mb``), and the serial GC keeps the thread
 count (which RLIMIT_NPROC counts) small. javac's own JVM also stops at the
 C1 JIT, which only makes it start faster. The program keeps the default JIT.
 """
@@ -16,8 +17,8 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from ray_pipeline.evaluation.executors.multiple import (MultiplEExecutor, Toolchain, ToolMissing, find_tool,
-                                                        install_prefix, outside_system_dirs)
+from ray_pipeline.evaluation.executors.multiple import (DEFAULT_NPROC, MultiplEExecutor, Toolchain, ToolMissing,
+                                                        find_tool, install_prefix, outside_system_dirs)
 from ray_pipeline.evaluation.sandbox import Limits, Sandbox
 
 #: where the jar is looked for: Debian's libjavatuples-java, then MultiPL-E's image
@@ -25,20 +26,21 @@ JAVATUPLES_JARS = ("/usr/share/java/javatuples-1.2.jar", "/usr/multiple/javatupl
 JAVATUPLES_ENV = "FUSION_JAVATUPLES_JAR"
 #: options of javac's own JVM (the -J prefix); they change nothing in the class files
 JAVAC_JVM_OPTIONS = ("-J-Xmx512m", "-J-XX:+UseSerialGC", "-J-XX:TieredStopAtLevel=1", "-J-XX:-UsePerfData")
-#: options of the program's JVM
-JAVA_JVM_OPTIONS = ("-Xmx2g", "-XX:+UseSerialGC", "-XX:-UsePerfData")
+#: options of the program's JVM (and -Xmx, the executor's memory_mb)
+JAVA_JVM_OPTIONS = ("-XX:+UseSerialGC", "-XX:-UsePerfData")
 CLASSES_DIR = "classes"
 
 
 class JavaExecutor(MultiplEExecutor):
     language = "java"
     EXTENSION = ".java"
-    BUILD_LIMITS = Limits(memory_mb=None, nproc=256)
-    RUN_LIMITS = Limits(memory_mb=None, nproc=256)
+    BUILD_LIMITS = Limits(memory_mb=None, nproc=DEFAULT_NPROC)
+    MEMORY_CAP = "heap"
 
     def __init__(self, sandbox: Sandbox, build_timeout_s: float | None = None, run_timeout_s: float | None = None,
+                 memory_mb: int | None = None, nproc: int | None = None, output_mb: int | None = None,
                  javatuples_jar: str | Path | None = None):
-        super().__init__(sandbox, build_timeout_s, run_timeout_s)
+        super().__init__(sandbox, build_timeout_s, run_timeout_s, memory_mb, nproc, output_mb)
         self.javatuples_jar = javatuples_jar
 
     def _jar(self) -> Path:
@@ -64,4 +66,5 @@ class JavaExecutor(MultiplEExecutor):
         return [tools["javac"], *JAVAC_JVM_OPTIONS, "-encoding", "UTF8", "-d", CLASSES_DIR, source]
 
     def run_argv(self, tools: Mapping[str, str], source: str, binary: str) -> list[str]:
-        return [tools["java"], *JAVA_JVM_OPTIONS, "-ea", "-cp", f"{CLASSES_DIR}:{tools['jar']}", "Problem"]
+        return [tools["java"], f"-Xmx{self.memory_mb}m", *JAVA_JVM_OPTIONS, "-ea", "-cp", f"{CLASSES_DIR}:{tools['jar']}",
+                "Problem"]

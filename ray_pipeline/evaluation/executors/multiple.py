@@ -10,7 +10,19 @@ done in the bubblewrap sandbox:
 3. the outcome gets MultiPL-E's status word (``OK``, ``SyntaxError``,
    ``Exception``, ``AssertionError``, ``ReferenceError``, ``Timeout``) by the
    language's own rule, and the sample passes iff the status is ``OK`` and the
-   exit code is 0. A timeout is reported with exit code -1, as MultiPL-E does.
+   exit code is 0. Exit codes are recorded as MultiPL-E's result files have
+   them (Python's ``returncode``): -1 for a timeout, minus the signal number
+   for a program killed by a signal (-6 for a failed C ``assert``'s abort,
+   -11 for a segmentation fault).
+
+Limits follow what MultiPL-E's evaluator lets a program do where that is safe
+(``docs/fidelity.md``): ``nproc`` processes and threads (512 by default; MultiPL-E sets
+none), ``memory_mb`` of memory (4 GiB by default: the address
+space of a native program, the heap of the JVM (``-Xmx``) and of V8
+(``--max-old-space-size``), and the cgroup cap of all its processes where the
+host allows one), ``output_mb`` per file and stream (64 MB by default; MultiPL-E
+reads its pipes so slowly that a program printing more than about 200 KB times
+out there).
 
 A language subclass (``java.py``, ``javascript.py``, ...) declares its file
 extension, how to find its toolchain, its build and run commands, its timeouts
@@ -26,18 +38,24 @@ import shutil
 import threading
 from abc import abstractmethod
 from dataclasses import dataclass, replace
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
 from ray_pipeline.errors import EvaluationError
-from ray_pipeline.evaluation.executors.base import Executor, Verdict
+from ray_pipeline.evaluation.executors.base import DEFAULT_NPROC, Executor, KnownPrograms, Verdict
 from ray_pipeline.evaluation.multiple_data import multiple_language
 from ray_pipeline.evaluation.problems import Problem
 from ray_pipeline.evaluation.sandbox import SYSTEM_DIRS, Limits, Outcome, Sandbox
 
 #: the exit code MultiPL-E records for a command that timed out
 TIMEOUT_EXIT_CODE = -1
+#: memory one program may use by default (address space, or heap for the JVM and V8)
+DEFAULT_MEMORY_MB = 4096
+#: memory of a runtime beyond its heap (JIT, metaspace, code, thread stacks), in the cgroup cap
+RUNTIME_OVERHEAD_MB = 1024
+#: the self-check's programs, one small problem per language
+KNOWN_PROGRAMS = Path(__file__).resolve().parents[1] / "known_programs.yaml"
 #: the stem of the program file (and of a compiled binary) in the work directory
 PROGRAM_STEM = "program"
 _DETAIL_CHARS = 240
@@ -104,15 +122,20 @@ class MultiplEExecutor(Executor):
     RUN_TIMEOUT_S: ClassVar[float] = 15.0
     #: the status of a build that timed out (java, cpp: SyntaxError; rs, swift: Timeout)
     BUILD_TIMEOUT_STATUS: ClassVar[str] = "SyntaxError"
-    #: sandbox limits of the steps; wall and CPU time are set from the timeouts
-    BUILD_LIMITS: ClassVar[Limits] = Limits(memory_mb=4096, nproc=64)
-    RUN_LIMITS: ClassVar[Limits] = Limits(memory_mb=2048, nproc=64)
+    #: sandbox limits of the build step; wall and CPU time are set from the timeouts
+    BUILD_LIMITS: ClassVar[Limits] = Limits(memory_mb=4096, nproc=DEFAULT_NPROC)
+    #: how a run's memory is capped: "address-space" (prlimit) or "heap" (the runtime's flag, in run_argv)
+    MEMORY_CAP: ClassVar[str] = "address-space"
     #: how the "first meaningful error line" of a failure is recognised
     ERROR_LINE: ClassVar[re.Pattern[str]] = DEFAULT_ERROR_LINE
 
     def __init__(self, sandbox: Sandbox, build_timeout_s: float | None = None,
-                 run_timeout_s: float | None = None):
+                 run_timeout_s: float | None = None, memory_mb: int | None = None, nproc: int | None = None,
+                 output_mb: int | None = None):
         self._base_sandbox = sandbox
+        self.memory_mb = memory_mb or DEFAULT_MEMORY_MB
+        self.nproc = nproc or DEFAULT_NPROC
+        self.output_mb = output_mb or Limits.fsize_mb
         has_build = self.BUILD_TIMEOUT_S is not None
         self.build_timeout_s = (build_timeout_s or self.BUILD_TIMEOUT_S) if has_build else None
         self.run_timeout_s = run_timeout_s or self.RUN_TIMEOUT_S
@@ -161,9 +184,23 @@ class MultiplEExecutor(Executor):
         toolchain = self._toolchain
         return toolchain if isinstance(toolchain, str) else None
 
+    def known_programs(self) -> KnownPrograms:
+        """This language's entry of ``evaluation/known_programs.yaml``."""
+        data = _known_programs()
+        entry = data["languages"][self.language]
+        problem = Problem(benchmark="multiple", language=self.language, task_id=data["task_id"],
+                          prompt=entry["prompt"], tests=entry["tests"])
+        return KnownPrograms(problem, entry["correct"], entry["wrong"])
+
     def _limits(self, base: Limits, timeout_s: float) -> Limits:
         # The CPU limit stays above the wall clock, so a busy loop ends as a timeout.
         return replace(base, wall_s=timeout_s, cpu_s=int(2 * timeout_s) + 1)
+
+    def run_limits(self) -> Limits:
+        """The run step's limits (but time): ``memory_mb`` as address space or heap, ``nproc`` tasks."""
+        heap = self.MEMORY_CAP == "heap"
+        return Limits(memory_mb=None if heap else self.memory_mb, nproc=self.nproc, fsize_mb=self.output_mb,
+                      total_memory_mb=self.memory_mb + (RUNTIME_OVERHEAD_MB if heap else 0))
 
     def score(self, problem: Problem, solution: str) -> Verdict:
         toolchain = self._toolchain
@@ -196,13 +233,13 @@ class MultiplEExecutor(Executor):
                     return self._verdict(status, built, "build", self.build_timeout_s, wall)
                 files = {}
             ran = self.sandbox.run(self.run_argv(toolchain.tools, source, binary), files=files, env=env,
-                                   limits=self._limits(self.RUN_LIMITS, self.run_timeout_s), work=work)
+                                   limits=self._limits(self.run_limits(), self.run_timeout_s), work=work)
             return self._verdict(self.classify_run(ran), ran, "run", self.run_timeout_s, wall + ran.wall_s)
         finally:
             self.sandbox.remove_workdir(work)
 
     def _verdict(self, status: str, outcome: Outcome, step: str, timeout_s: float, wall: float) -> Verdict:
-        exit_code = TIMEOUT_EXIT_CODE if outcome.timed_out else outcome.exit_code
+        exit_code = multiple_exit_code(outcome)
         if outcome.timed_out:
             detail = f"{step}: timeout after {timeout_s:g} s"
         elif status == "OK" and exit_code == 0:
@@ -215,11 +252,32 @@ class MultiplEExecutor(Executor):
                        detail=detail, wall_s=round(wall, 3))
 
 
+@lru_cache(maxsize=1)
+def _known_programs() -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(KNOWN_PROGRAMS.read_text(encoding="utf-8"))
+
+
+def multiple_exit_code(outcome: Outcome) -> int | None:
+    """The exit code as MultiPL-E records it: -1 for a timeout, -N for a program killed by signal N.
+
+    The sandbox reports a program killed by a signal as 128 + the signal (as a
+    shell does), so a program that itself exits with 129 to 192 is taken for one
+    killed by a signal; no test program does that (PHP's 255 stays 255).
+    """
+    if outcome.timed_out:
+        return TIMEOUT_EXIT_CODE
+    if outcome.signal is not None:
+        return -outcome.signal
+    return outcome.exit_code
+
+
 def multiple_executor(language: str, sandbox: Sandbox, **options: Any) -> MultiplEExecutor:
     """The executor of a MultiPL-E language (``java``, ``js``, ``cpp``, ``php``, ``swift``, ``rs`` or an alias).
 
     ``options`` go to its constructor: ``build_timeout_s``, ``run_timeout_s``,
-    and for Java ``javatuples_jar``.
+    ``memory_mb``, ``nproc``, ``output_mb``, and for Java ``javatuples_jar``.
     """
     from ray_pipeline.evaluation.executors import cpp, java, javascript, php, rust, swift
 

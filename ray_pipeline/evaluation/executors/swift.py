@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from ray_pipeline.evaluation.executors.multiple import MultiplEExecutor, Toolchain, find_tool, install_prefix
+from ray_pipeline.evaluation.executors.multiple import (DEFAULT_NPROC, MultiplEExecutor, Toolchain, find_tool,
+                                                        install_prefix)
 from ray_pipeline.evaluation.sandbox import Limits
 
 
@@ -22,7 +23,7 @@ class SwiftExecutor(MultiplEExecutor):
     BUILD_TIMEOUT_S = 45.0
     RUN_TIMEOUT_S = 5.0
     BUILD_TIMEOUT_STATUS = "Timeout"
-    BUILD_LIMITS = Limits(memory_mb=None, nproc=128)
+    BUILD_LIMITS = Limits(memory_mb=None, nproc=DEFAULT_NPROC)
 
     def find_toolchain(self) -> Toolchain:
         swiftc = find_tool("swiftc")

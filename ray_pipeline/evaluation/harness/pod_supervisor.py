@@ -25,64 +25,20 @@ its own per program, so this small process takes that role:
    signal that ended it; 128 + the stop signal when it was stopped) and
    exits with N, as bubblewrap reports a program's end.
 
-Standard library only, started with ``-I -S`` so that it starts fast.
+Standard library only (and ``reaping.py`` beside it), started with ``-I -S`` so that it starts fast.
 """
 
-import ctypes
 import json
 import os
 import signal
 import sys
 
-PR_SET_PDEATHSIG = 1
-PR_SET_CHILD_SUBREAPER = 36
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # -I leaves the script's directory out
+
+from reaping import PR_SET_PDEATHSIG, become_subreaper, kill_all, prctl  # noqa: E402
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 #: how often the parent's presence is checked while the program runs
 PARENT_POLL_S = 1.0
-
-
-def _children():
-    """Pids of this process's children (live or zombie)."""
-    me = os.getpid()
-    found = set()
-    try:
-        for tid in os.listdir(f"/proc/{me}/task"):
-            with open(f"/proc/{me}/task/{tid}/children") as fh:
-                found.update(int(pid) for pid in fh.read().split())
-        return found
-    except OSError:  # no children file (an old kernel, a user-space kernel): the parent of every process
-        pass
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                data = fh.read()
-        except OSError:
-            continue
-        if int(data[data.rindex(b")") + 2:].split()[1]) == me:
-            found.add(int(name))
-    return found
-
-
-def _kill_all(program):
-    """SIGKILL the program's group, then everything below this process; reap until nothing is left."""
-    try:
-        os.killpg(program, signal.SIGKILL)
-    except OSError:
-        pass
-    while True:
-        for pid in _children():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        try:
-            os.waitpid(-1, 0)  # an orphan of what died is re-parented here before its parent can be reaped
-        except ChildProcessError:
-            return
-        except InterruptedError:
-            continue
 
 
 def _reap(program):
@@ -117,9 +73,8 @@ def _run_program(argv, status_fd):
 def main():
     status_fd, parent = int(sys.argv[1]), int(sys.argv[2])
     argv = sys.argv[4:] if sys.argv[3:4] == ["--"] else sys.argv[3:]
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    become_subreaper()
+    prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     signal.pthread_sigmask(signal.SIG_BLOCK, (*STOP_SIGNALS, signal.SIGCHLD))
     if os.getppid() != parent:  # the parent died before PDEATHSIG was armed
         os._exit(1)
@@ -139,7 +94,7 @@ def main():
             stopped_by = signal.SIGTERM
         if stopped_by is not None:
             break
-    _kill_all(program)
+    kill_all(program)
     if code is None:
         code = 128 + stopped_by
     os.write(status_fd, (json.dumps({"exit-code": code}) + "\n").encode())
