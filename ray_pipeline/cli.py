@@ -356,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for noisy in ("httpx", "httpx2", "openai", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    signal.signal(signal.SIGTERM, _raise_on_sigterm)
+    previous = signal.signal(signal.SIGTERM, _raise_on_sigterm)  # restored below: main may be called in-process
     try:
         return int(args.func(args))
     except FusionError as err:
@@ -367,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         _shutdown_ray()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _shutdown_ray() -> None:

@@ -25,3 +25,21 @@ def test_validate_reads_the_seeds_and_starts_nothing(tmp_path, code_alpaca):
     assert summary["seeds"]["seeds"] == 40
     assert sum(summary["seeds"]["languages"].values()) == 40
     assert not (tmp_path / "run").exists()
+
+
+def test_main_in_process_leaves_the_callers_sigterm_handler_in_place(tmp_path):
+    """main() turns SIGTERM into SystemExit while it runs, then gives the caller's handler back (a process that
+    forks later, such as evalplus's checker in a test, would otherwise raise where it should be terminated)."""
+    import signal
+
+    from ray_pipeline import cli
+
+    def mine(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        assert cli.main(["validate", str(tmp_path / "missing.yaml")]) == 2
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from ray_pipeline.evaluation.evalplus_oracle import judge_phase
+from ray_pipeline.evaluation.evalplus_oracle import PhaseJudge, PhaseResult
 from ray_pipeline.evaluation.harness.plain_values import MAX_DEPTH, NotPlain, dumps, loads
 
 Point = namedtuple("Point", "x y")
@@ -97,6 +97,14 @@ def test_malformed_text_is_refused(text: str) -> None:
 
 
 # ------------------------------------------------------------------ the verdict against evalplus's own
+def judge_phase(lines: io.BytesIO, *args: Any, **kwargs: Any) -> PhaseResult:
+    """A whole phase file fed in small pieces, as the sandbox's polls feed it, then judged."""
+    judge = PhaseJudge(*args, **kwargs)
+    for chunk in iter(lambda: lines.read(7), b""):
+        judge.feed(chunk)
+    return judge.result()
+
+
 #: (dataset, entry point, inputs, outputs the solution gives, expected outputs, atol)
 CASES = {
     "exact": ("humaneval", "f", [[1], [2]], [1, 3], [1, 2], 0),

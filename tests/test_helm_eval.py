@@ -352,6 +352,25 @@ def test_every_item_job_is_a_valid_eval_job(renders: dict[str, Render], tmp_path
     assert all(j.models[0].backend.kind == "openai" for j in endpoint)
 
 
+def test_every_sandbox_setting_of_a_job_can_be_set_in_a_sweep() -> None:
+    """The chart's sandbox schema names each job sandbox field but isolation, and each reaches the item's job."""
+    import json
+
+    from ray_pipeline.config import SandboxConfig
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    names = set(schema["properties"]["sweep"]["properties"]["sandbox"]["properties"])
+    assert names == set(SandboxConfig.model_fields) - {"isolation"}
+    wanted = {"multiple_memory_mb": 2048, "nproc": 64, "output_mb": 8, "find_zero": "0.3.1", "memory_mb": 1024}
+    values = {"sweep": {"sandbox": wanted, "benchmarks": [{"name": "humaneval"}]}}
+    sweep.check_values(CHART, values)
+    configmaps = [o for o in sweep.render(CHART, values, RELEASE, NAMESPACE) if o["kind"] == "ConfigMap"]
+    assert configmaps
+    for cm in configmaps:
+        job = parse_job(yaml.safe_load(cm["data"]["job.yaml"]), cm["metadata"]["name"])
+        assert {k: getattr(job.sandbox, k) for k in wanted} == wanted
+
+
 def test_a_job_the_project_rejects_is_never_rendered(tmp_path: Path) -> None:
     # passes the chart schema, but k=5 > n=1 is an invalid eval job: `fusion sweep` names the item
     values = {"sweep": {"sampling": [{"name": "greedy", "n": 1, "k": [5]}], "benchmarks": [{"name": "mbpp"}]}}

@@ -5,7 +5,7 @@ output with the expected one in the same process, so a solution can forge its
 verdict (an output whose ``__eq__`` always says True, a patched checker). Here
 the sandbox only runs the solution (``harness/evalplus_run.py``) and writes its
 outputs as plain data (``harness/plain_values.py``); this module reads those
-lines and applies ``unsafe_execute``'s comparison, statement for statement:
+lines (``PhaseJudge``) and applies ``unsafe_execute``'s comparison, statement for statement:
 
 - ``out == exp``, then the special oracles: MBPP+'s ``are_equivalent``
   (anything), ``sum_div`` (or 0), ``surface_Area`` and ``digit_distance_nums``
@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import IO, Any, Sequence
+from typing import Any, Sequence
 
 from ray_pipeline.evaluation.harness.plain_values import NotPlain, from_plain
 
@@ -182,15 +182,6 @@ class PhaseJudge:
         details = self.details
         return PhaseResult(FAIL, len(details), details.index(False) if False in details else None, self.total,
                            reason)
-
-
-def judge_phase(lines: IO[bytes], dataset: str, entry_point: str, inputs: Sequence[Any], expected: Sequence[Any],
-                atol: float, fast_check: bool, find_zero: str = "fixed") -> PhaseResult:
-    """A finished phase's output file (``<phase>.out``) judged against ``expected``."""
-    judge = PhaseJudge(dataset, entry_point, inputs, expected, atol, fast_check, find_zero)
-    for chunk in iter(lambda: lines.read(1 << 20), b""):
-        judge.feed(chunk)
-    return judge.result()
 
 
 def _raised(name: str) -> str:
