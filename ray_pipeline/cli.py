@@ -173,6 +173,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from ray_pipeline.prompts import load_template, not_from_papers
     from ray_pipeline.seeds import load_seeds
 
     job = load_job(args.job)
@@ -183,6 +184,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         print(json.dumps({
             "job": job.name, "kind": job.kind, "seeds": checked.pool.summary(),
             "templates": {k: t.ref for k, t in checked.templates.items()},
+            "templates_not_from_papers": not_from_papers(checked.templates),
             "decontaminate": checked.benchmark_prompts, "scorer_model": checked.scorer_model,
         }, indent=2, default=str))
         return 0
@@ -207,8 +209,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             "gradient_accumulation_steps": job.gradient_accumulation_steps, "data": prepared.data_report,
         }, indent=2, default=str))
         return 0
+    templates = {"fusion": load_template(job.fusion.template), "response": load_template(job.response.template)}
     pool = load_seeds(job.seeds)
-    print(json.dumps({"job": job.name, "kind": job.kind, "seeds": pool.summary()}, indent=2, default=str))
+    print(json.dumps({
+        "job": job.name, "kind": job.kind, "seeds": pool.summary(),
+        "templates": {k: t.ref for k, t in templates.items()}, "templates_not_from_papers": not_from_papers(templates),
+    }, indent=2, default=str))
     return 0
 
 

@@ -180,7 +180,7 @@ class FusionConfig(_Strict):
     num_instructions: int = Field(gt=0, description="M: fused instructions to produce")
     max_attempts: int | None = Field(None, gt=0, description="fusion calls allowed in all (default 4*M)")
     cross_language: bool = Field(True, description="allow pairs whose seeds name different programming languages")
-    template: str = "if_fusion@v1"
+    template: str = Field("if_fusion@v2", description="if_fusion@v2: the paper's prompt (section 2); if_fusion@v1: this project's first wording")
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.7, max_tokens=512))
 
     @property
@@ -195,7 +195,7 @@ class FusionConfig(_Strict):
 
 
 class ResponseConfig(_Strict):
-    template: str = "if_response@v1"
+    template: str = Field("if_response@v2", description="if_response@v2: the authors' system prompt; if_response@v1: this project's")
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.0, max_tokens=1024))
 
 
@@ -248,9 +248,14 @@ class CollectionConfig(_Strict):
     cluster: bool = Field(True, description="pick one seed per k-means cluster; false keeps every seed")
     k_min: int = Field(2, gt=0, description="smallest k tried by the elbow method")
     k_max: int = Field(16, gt=0, description="largest k tried by the elbow method (capped at the source's size)")
-    diversify: int = Field(3, ge=0, description="new instructions the teacher writes per chosen seed")
-    template: str = "tacie_diversify@v1"
-    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.9, max_tokens=768))
+    diversify: int = Field(
+        3, ge=0,
+        description="new instructions kept per chosen seed (3 in the paper); when the template asks for more "
+        "(tacie_diversify@v2 asks ten), the most mutually dissimilar by embedding are kept",
+    )
+    template: str = Field("tacie_diversify@v2", description="tacie_diversify@v2: Appendix B.2; @v1: a numbered list of n")
+    # B.2 asks for ten objectives and prompts: room for all of them (a cut-off last entry is dropped)
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.9, max_tokens=2048))
 
     @model_validator(mode="after")
     def _range(self) -> "CollectionConfig":
@@ -260,8 +265,9 @@ class CollectionConfig(_Strict):
 
 
 class DecompositionConfig(_Strict):
-    template: str = "tacie_decompose@v1"
-    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.0, max_tokens=512))
+    template: str = Field("tacie_decompose@v2", description="tacie_decompose@v2: Appendix B.1; @v1: this project's")
+    # B.1 copies code and passages into the background verbatim
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.0, max_tokens=1024))
 
 
 class ScorerConfig(_Strict):
@@ -292,10 +298,29 @@ class EvolutionConfig(_Strict):
     depth_per_round: int | None = Field(None, ge=0, description="depth evolutions per round (default: half the evolvable pool)")
     fusion_per_round: int | None = Field(None, ge=0, description="task fusions per round (default: half the evolvable pool)")
     token_limit: int = Field(4000, gt=0, description="an instruction longer than this (scorer tokens) stops evolving")
-    depth_constraint_template: str = "tacie_depth_constraint@v1"
-    depth_background_template: str = "tacie_depth_background@v1"
-    fusion_template: str = "tacie_fusion@v1"
+    depth_template: str = Field(
+        "tacie_depth@v2",
+        description="Appendix B.3's one template, in which the teacher picks the method; with depth_background_template "
+        "set, this one evolves non-reasoning tasks only (tacie_depth_constraint@v1)",
+    )
+    depth_background_template: str | None = Field(
+        None,
+        description="a second depth template for reasoning (math) seeds, chosen by the seed's domain "
+        "(tacie_depth_background@v1); null: the one template decides, as in the paper",
+    )
+    fusion_template: str = Field("tacie_fusion@v2", description="tacie_fusion@v2: Appendix B.4 (no INVALID escape); @v1: this project's")
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.7, max_tokens=1024))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_depth_key(cls, value: Any) -> Any:
+        """``depth_constraint_template`` (before the paper's one template) is ``depth_template``."""
+        if isinstance(value, dict) and "depth_constraint_template" in value:
+            value = dict(value)
+            if "depth_template" in value:
+                raise ValueError("give depth_template or depth_constraint_template (its old name), not both")
+            value["depth_template"] = value.pop("depth_constraint_template")
+        return value
 
 
 class BenchmarkSource(_Strict):

@@ -60,10 +60,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Iterable, Sequence
 
-from ray_pipeline.parsing import INVALID_MARKER, Outcome, normalise_space, parse_fusion
+from ray_pipeline.echo import ECHO_NGRAM, TemplateEcho, line_key, ngrams, normalise_space, template_echo
+from ray_pipeline.parsing import EXPLANATION, LOOP_REPEATS, Outcome, declines, looping, parse_fusion, unwrap_prose_fence
 from ray_pipeline.prompts import PromptTemplate
 
 SECTIONS: tuple[str, ...] = ("background", "objectives", "constraints")
@@ -74,8 +74,6 @@ SECTION_TITLES: dict[str, str] = {
 }
 EMPTY = "N/A"
 REWRITTEN_TITLE = "Rewritten Prompt"
-LOOP_REPEATS = 3  # a line of four or more words this often in a new instruction: the model is looping
-ECHO_NGRAM = 8  # this many words in a row from the template's rules or examples: a new instruction copies them
 
 
 @dataclass(frozen=True)
@@ -125,57 +123,74 @@ class ParsedDiversified:
     reason: str = ""
 
 
-def format_components(c: Components) -> str:
+def format_components(c: Components, style: str = "plain") -> str:
     """The sections as they appear in prompts: numbered items, ``N/A`` for an empty section.
 
-    Parsing the result gives ``c`` back when no item has a blank line or a list
-    marker at the start of a line outside a code block, and no text before a code block.
+    ``style`` is the template's ``elements_format``: ``plain`` (``Background
+    Settings:`` and ``1. item``, one block) or ``appendix_b`` (the layout of
+    TaCIE's Appendix B: ``**Background Settings:**``, ``1.item``, a blank line
+    between sections). Parsing the result gives ``c`` back when no item has a
+    blank line or a list marker at the start of a line outside a code block.
     """
+    if style not in ("plain", "appendix_b"):
+        raise ValueError(f"unknown elements format {style!r}")
+    paper = style == "appendix_b"
     parts = []
     for section in SECTIONS:
         items = getattr(c, section)
-        body = "\n".join(f"{i}. {item}" for i, item in enumerate(items, 1)) if items else EMPTY
-        parts.append(f"{SECTION_TITLES[section]}:\n{body}")
-    return "\n".join(parts)
+        sep = "." if paper else ". "
+        body = "\n".join(f"{i}{sep}{item}" for i, item in enumerate(items, 1)) if items else EMPTY
+        title = f"**{SECTION_TITLES[section]}:**" if paper else f"{SECTION_TITLES[section]}:"
+        parts.append(f"{title}\n{body}")
+    return ("\n\n" if paper else "\n").join(parts)
 
 
 # ------------------------------------------------------------------ patterns
 _SECTION_NAMES = {
-    "background": r"background(?:\s+(?:settings?|information|info|context))?",
+    "background": r"backgrounds?(?:\s+(?:settings?|information|info|context))?",
     "objectives": r"objectives?|goals?",
     "constraints": r"constraints?|constrains?|requirements?",
 }
 _NAME_TO_SECTION = [(s, re.compile(rf"^(?:{p})$", re.I)) for s, p in _SECTION_NAMES.items()]
-_OPEN = r"^\s*(?:(?:#+|>)\s*)*(?P<num>\d+[.)]\s+)?(?:\*\*|__)?\s*"
+_OPEN = r"^\s*(?:(?:#+|>)\s*)*(?P<num>\d+[.)]\s*)?(?:\*\*|__)?\s*"
 _CLOSE = r"\s*(?:\(s\))?\s*(?P<close>\*\*|__|#+)?\s*(?P<colon>[:：])?\s*(?:\*\*|__)?\s*(?P<rest>.*?)\s*$"
 _HEADER = re.compile(
     _OPEN
-    + r"(?:(?:extract(?:ed)?|evolved|updated|revised|new|fused|combined|final|the)\s+)*"
+    + r"(?:(?:extract(?:ed)?|evolved|updated|revised|new|fused|combined|merged|integrated|final|the)\s+)*"
     + rf"(?P<name>{'|'.join(_SECTION_NAMES.values())})"
     + _CLOSE,
     re.I,
 )
 _REWRITTEN = re.compile(
     _OPEN
-    + r"(?P<name>(?:rewritten|new|evolved|fused|combined|final|updated|revised)\s+(?:prompt|instruction|task))"
+    + r"(?P<name>(?:rewritten|new|evolved|fused|combined|final|updated|revised|merged)\s+(?:prompt|instruction|task)|prompt)"
     + _CLOSE,
     re.I,
 )
 # A line where an echoed few-shot pattern starts a new example.
 _EXAMPLE_START = re.compile(
-    r"^\s*[#>*_\s]*(?:example(?:\s*\d+)?|(?:given\s+|original\s+|seed\s+|next\s+)?(?:instruction|prompt)(?:\s*\d+)?)"
-    r"\s*[#*_]*\s*(?:[:：]|$)",
+    r"^\s*[#>*_\s]*(?:example(?:\s*\d+)?|(?:example\s+)?(?:given\s+|original\s+|seed\s+|next\s+)?(?:instruction|prompt)"
+    r"(?:\s*(?:\d+|[ab]\b))?|original|rewritten)\s*[#*_]*\s*(?:[:：]|$)",
     re.I,
 )
 _INPUT_START = re.compile(r"^\s*[#>*_\s]*input\s*[#*_]*\s*(?:[:：]|$)", re.I)
 _TURN_TOKEN = re.compile(r"<(?:start_of_turn|end_of_turn|eos|\|im_start\||\|im_end\||\|endoftext\|)>")
-_MARKER = re.compile(r"^\s*(?:\d+[.)]|\(\d+\)|[-*•+])(?:\s+(?P<text>.*?))?\s*$")
+# "1. item", "1.item" (Appendix B writes no space), "1) item", "(1) item", "- item"; "1.5 cups" is not one.
+_MARKER = re.compile(
+    r"^\s*(?:\d+[.)](?:\s+|(?=[^\d\s]))|\d+[.)]$|\(\d+\)(?:\s+|$)|[-*•+](?:\s+|$)|[-•](?=[A-Za-z]))(?P<text>.*?)\s*$"
+)
+# A heading of a section this parser does not know ("**Context:**", "### Notes", "Context:").
+_OTHER_HEADER = re.compile(
+    r"^\s*(?:#+\s*(?P<h1>[^#\n]{1,40}?)\s*#*\s*[:：]?|(?:\*\*|__)(?P<h2>[^*_\n]{1,40}?)\s*(?:[:：]\s*(?:\*\*|__)|(?:\*\*|__)\s*[:：]?)"
+    r"|(?P<h3>context|notes?|assumptions?|tasks?|inputs?|outputs?|examples?|answer|solution|explanation|summary|decomposition)\s*[:：])\s*$",
+    re.I,
+)
 _FENCE = re.compile(r"^\s*(?:```|~~~)")
 _RULE = re.compile(r"^\s*[-*_=#]{3,}\s*$")  # a horizontal rule or underline, not an item
 _NA = re.compile(
-    r"^[\s*_`'\"(\[]*(?:n/?a|none|nil|nothing|not\s+applicable|no\s+(?:explicit\s+|specific\s+|additional\s+|particular\s+)?"
+    r"^[\s*_`'\"(\[’‘“”]*(?:n/?a|none|nil|nothing|not\s+applicable|no\s+(?:explicit\s+|specific\s+|additional\s+|particular\s+)?"
     r"(?:background(?:\s+settings?)?|objectives?|constraints?|requirements?|context))"
-    r"(?:\s+(?:given|specified|provided|stated|mentioned|required))?[\s.*_`'\")\]]*(?:\(.*\))?\s*$",
+    r"(?:\s+(?:given|specified|provided|stated|mentioned|required))?[\s.*_`'\")\]’‘“”]*(?:\(.*\))?\s*$",
     re.I,
 )
 # Top-level entries of a diversification answer: "1.", "1)", "(1)", "**1.**", "Instruction 1:".
@@ -185,10 +200,14 @@ _ENTRY = re.compile(
 )
 
 
+_BOLD_NUMBERED = re.compile(r"^\s*\d+[.)]\s*(?:\*\*|__)")
+
+
 def _header(line: str, pattern: re.Pattern[str]) -> re.Match[str] | None:
     """A header needs a colon, closing decoration, or nothing after its name; prose does not count."""
     m = pattern.match(line)
-    if not m or (m["num"] and m["rest"]):  # "1. Objectives: ..." is an item, "1. Objectives:" a header
+    # "1. Objectives: ..." is an item; "1. Objectives:" and "1.**Objectives:** ..." are headers
+    if not m or (m["num"] and m["rest"] and not _BOLD_NUMBERED.match(line)):
         return None
     return m if (m["colon"] or m["close"] or not m["rest"]) else None
 
@@ -206,11 +225,6 @@ def _is_na(item: str) -> bool:
     return bool(_NA.match(item))
 
 
-def _line_key(line: str) -> str:
-    marker = _MARKER.match(line)
-    return normalise_space((marker["text"] or "") if marker else line)
-
-
 def _opens_fence(line: str) -> bool:
     marker = _MARKER.match(line)
     return bool(_FENCE.match(line) or (marker and marker["text"] and _FENCE.match(marker["text"])))
@@ -226,86 +240,8 @@ def _fence_states(lines: list[str]) -> list[bool]:
     return states
 
 
-@dataclass(frozen=True)
-class _Echo:
-    """What a template's own text tells about answers that merely repeat the prompt."""
-
-    rule_ngrams: frozenset[tuple[str, ...]]  # word n-grams of the system message (rules, format)
-    examples: frozenset[str]  # lines of the few-shot turns
-    example_ngrams: frozenset[tuple[str, ...]]
-    markers: frozenset[str]  # lines that introduce the inputs ("Instruction:", "Task 1 elements:")
-
-    def why(self, lines: Sequence[str], strict: bool = False) -> str:
-        """Why these answer lines are an echo of the prompt, or "".
-
-        Any run of ``ECHO_NGRAM`` words of the rules is an echo, and so is a
-        line that starts with a line of the examples (a looping model often runs
-        on without a line break). ``strict`` is for text that must be new (a new
-        instruction): a run of ``ECHO_NGRAM`` words of the examples is an echo too.
-        """
-        words = _ngrams("\n".join(lines))
-        shared = words & self.rule_ngrams
-        if shared:
-            return f"repeats the prompt's rules: {' '.join(min(shared))!r}"
-        for line in lines:
-            key = _line_key(line)
-            if any(key.startswith(e) for e in self.examples):
-                return f"repeats the prompt's examples: {line.strip()[:60]!r}"
-        shared = words & self.example_ngrams if strict else set()
-        if shared:
-            return f"repeats the prompt's examples: {' '.join(min(shared))!r}"
-        return ""
-
-    def starts_input(self, line: str) -> bool:
-        return normalise_space(line) in self.markers
-
-
-_NO_ECHO = _Echo(frozenset(), frozenset(), frozenset(), frozenset())
-
-
-def _ngrams(text: str) -> set[tuple[str, ...]]:
-    words = re.findall(r"[a-z0-9']+", text.lower())
-    return {tuple(words[i : i + ECHO_NGRAM]) for i in range(len(words) - ECHO_NGRAM + 1)}
-
-
-@lru_cache(maxsize=64)
-def _echo_of(template: PromptTemplate | None) -> _Echo:
-    """What an answer has no reason to repeat from ``template``: its rules (the
-    system message), its few-shot lines of at least four words, and the lines
-    that introduce its inputs."""
-    if template is None:
-        return _NO_ECHO
-    examples: set[str] = set()
-    markers: set[str] = set()
-    for _, content in template.messages[1:]:
-        lines = content.splitlines()
-        for line, after in zip(lines, [*lines[1:], ""]):
-            if "{{" in after and line.strip().endswith(":"):
-                markers.add(normalise_space(line))
-            if "{{" in line or _header(line, _HEADER) or _header(line, _REWRITTEN) or _EXAMPLE_START.match(line):
-                continue
-            key = _line_key(line)
-            if len(key.split()) >= 4:
-                examples.add(key)
-    system = template.messages[0][1] if template.messages[0][0] == "system" else ""
-    return _Echo(
-        frozenset(_ngrams(system)),
-        frozenset(examples),
-        frozenset(_ngrams("\n".join(examples))),
-        frozenset(markers),
-    )
-
-
 def _looping(lines: Sequence[str]) -> str:
-    """Why these lines are a repetition loop (a line of four or more words three times), or ""."""
-    seen: dict[str, int] = {}
-    for line, fenced in zip(lines, _fence_states(list(lines))):
-        key = _line_key(line)
-        if not fenced and len(key.split()) >= 4:
-            seen[key] = seen.get(key, 0) + 1
-            if seen[key] == LOOP_REPEATS:
-                return f"degenerate output: a line repeated {LOOP_REPEATS} times: {line.strip()[:60]!r}"
-    return ""
+    return looping(lines, _fence_states(list(lines)))
 
 
 # ------------------------------------------------------------------ sections
@@ -317,6 +253,9 @@ class _SectionReader:
         self.current: str | None = None
         self._item: list[str] | None = None  # lines of the open item
         self._marked = False  # the open item was opened by a list marker
+        self._indent = 0  # indentation of the open item's marker
+        self.listed: set[str] = set()  # sections with a list marker or N/A: later unmarked text is not an item
+        self.error = ""
         self.in_fence = False
         self.preamble_fence = False
 
@@ -355,8 +294,9 @@ class _SectionReader:
         if _RULE.match(line):
             return
         if _FENCE.match(line):
-            if self._item == [""] and self._marked:  # "2." alone on the line before the block
-                self._item = []
+            if self._item is not None and self._marked:  # "1.Code to debug:" or "2." alone on the line before
+                if self._item == [""]:
+                    self._item = []
             else:
                 self._close()
                 self._item, self._marked = [], False
@@ -364,40 +304,65 @@ class _SectionReader:
             self.in_fence = True
             return
         marker = _MARKER.match(line)
+        indent = len(line) - len(line.lstrip())
+        if marker and self._item is not None and self._marked and indent > self._indent:
+            self._item.append(line.rstrip())  # a nested list stays part of its item
+            return
         if marker:
             self._close()
             text = marker["text"] or ""
-            self._item, self._marked = [text], True
+            self._item, self._marked, self._indent = [text], True, indent
+            self.listed.add(self.current)
             if _FENCE.match(text):
                 self.in_fence = True
             return
-        if self._item is not None and self._marked:
+        if self._item is not None and self._marked and not EXPLANATION.match(line):
             self._item.append(line.strip())
-        else:
-            self._close()
-            self._item, self._marked = [line.strip()], False
+            return
+        after_na = self._item is not None and not self._marked and _is_na("\n".join(self._item))
+        if not self.error and (self.current in self.listed or after_na or EXPLANATION.match(line)):
+            self.error = f"text after the {SECTION_TITLES[self.current]} list: {line.strip()[:60]!r}"
+        self._close()
+        self._item, self._marked = [line.strip()], False
 
     def _close(self) -> None:
         if self._item is not None and self.current is not None:
             item = "\n".join(self._item).strip()
             items = self.sections[self.current]
-            if item and not _is_na(item) and item not in items:  # a looping model repeats items
+            if item and _is_na(item):
+                self.listed.add(self.current)
+            elif item and item not in items:  # a looping model repeats items
                 items.append(item)
         self._item, self._marked = None, False
 
-    def finish(self) -> tuple[Components | None, str]:
+    def finish(self, inherit: Components | None = None) -> tuple[Components | None, str]:
+        """The sections read; a section with no header at all is ``inherit``'s (or empty)."""
         if self.in_fence:
             return None, "unclosed code block (answer cut off?)"
+        if self.error:
+            return None, self.error
         self._close()
         if not self.sections:
             return None, "no section header (Background Settings / Objectives / Constraints)"
-        c = Components(*(tuple(self.sections.get(s, ())) for s in SECTIONS))
+        c = Components(*(
+            tuple(self.sections[s]) if s in self.sections else (getattr(inherit, s) if inherit else ()) for s in SECTIONS
+        ))
         if not c.objectives:
             return None, "no objectives"
         return c, ""
 
 
-def _read_sections(lines: list[str], echo: _Echo) -> tuple[Components | None, str]:
+def _other_header(line: str) -> str:
+    """The name of a section heading this parser does not know, or ""."""
+    m = _OTHER_HEADER.match(line)
+    if not m or _EXAMPLE_START.match(line) or _header(line, _REWRITTEN) or _header(line, _HEADER):
+        return ""
+    return (m["h1"] or m["h2"] or m["h3"] or "").strip(" *_:：")
+
+
+def _read_sections(
+    lines: list[str], echo: TemplateEcho, inputs: Sequence[str] = (), inherit: Components | None = None
+) -> tuple[Components | None, str]:
     reader = _SectionReader()
     end = len(lines)
     for i, line in enumerate(lines):
@@ -411,63 +376,80 @@ def _read_sections(lines: list[str], echo: _Echo) -> tuple[Components | None, st
             if reader.seen and (_EXAMPLE_START.match(line) or _INPUT_START.match(line) or echo.starts_input(line)):
                 end = i
                 break
+            other = _other_header(line)
+            if other:
+                why = echo.why(lines[:i], inputs)
+                return None, why or f"a section this parser does not know: {other!r}"
         reader.line(line)
-    why = echo.why(lines[:end])
+    why = echo.why(lines[:end], inputs)
     if why:
         return None, why
-    return reader.finish()
+    return reader.finish(inherit)
 
 
-def parse_decomposition(text: str | None, template: PromptTemplate | None = None) -> ParsedComponents:
+def parse_decomposition(
+    text: str | None, template: PromptTemplate | None = None, inputs: Sequence[str] = ()
+) -> ParsedComponents:
     """Read a decomposition answer into :class:`Components`, or a parse error with its reason.
 
     With ``template`` (the template the prompt was rendered from), an answer
-    that repeats ``ECHO_NGRAM`` words in a row of its rules, or a line of its
-    examples, is a parse error: a weak model echoing its prompt, not a
-    decomposition. The lines that introduce the template's inputs
-    (``Instruction:``) also end the answer.
+    that repeats its text is a parse error (:mod:`ray_pipeline.echo`); ``inputs``
+    (the instruction decomposed) may be copied freely. The lines that introduce
+    the template's inputs (``**Given Prompt:**``) end the answer.
     """
     if text is None or not text.strip():
         return ParsedComponents("parse_error", None, "empty answer")
-    components, reason = _read_sections(_cut_turns(text).splitlines(), _echo_of(template))
+    components, reason = _read_sections(unwrap_prose_fence(_cut_turns(text)).splitlines(), template_echo(template), inputs)
     if components is None:
         return ParsedComponents("parse_error", None, reason)
     return ParsedComponents("ok", components)
 
 
 # ------------------------------------------------------------------ evolution
-def _declines(lines: list[str]) -> bool:
-    """``INVALID PROMPT`` opens or closes the answer (inside it, it may be an echo of the rules)."""
-    text = [normalise_space(line).strip(" .!*#`'\"") for line in lines if line.strip()]
-    marker = INVALID_MARKER.lower()
-    return bool(text) and (text[0].startswith(marker) or text[-1].endswith(marker))
-
-
+_REWRITTEN_EXAMPLE = re.compile(r"^[#*_\s]*rewritten[#*_:\s]*$", re.I)
 def _next_text(lines: list[str], i: int) -> str:
     """The first non-blank line after line ``i``."""
     return next((line for line in lines[i + 1 :] if line.strip()), "")
 
 
 def parse_evolution(
-    text: str | None, parents: tuple[str, ...], template: PromptTemplate | None = None
+    text: str | None,
+    parents: tuple[str, ...],
+    template: PromptTemplate | None = None,
+    inputs: Sequence[str] = (),
+    inherit: Components | None = None,
 ) -> ParsedEvolution:
-    """Read a depth-evolution or fusion answer: ``Rewritten Prompt:`` and the updated sections (either order).
+    """Read a depth-evolution or fusion answer: the new prompt and its sections, in either order.
 
-    ``invalid`` when the teacher answered ``INVALID PROMPT``; ``parse_error`` when
-    the rewritten prompt is missing, empty, too short or a copy of a parent, when
-    its sections are missing or have no objectives, or when the answer repeats
-    the template's own text (see :func:`parse_decomposition`).
+    The prompt's heading is ``**Prompt:**`` (Appendix B.3), ``**Fused Prompt:**``
+    (B.4, after the fused sections) or ``Rewritten Prompt:`` (the v1
+    templates); section headings may carry ``Fused``/``Merged``/``Updated``.
+    ``invalid`` when the teacher answered ``INVALID PROMPT``; ``parse_error``
+    when the prompt is missing, empty, too short, a copy of a parent, or not
+    an instruction (:func:`ray_pipeline.parsing.parse_fusion`), when the
+    sections are missing or have no objectives, or when the answer repeats the
+    template's own text. ``inputs`` are the other values the prompt was rendered
+    with (the parents' elements), which the answer may copy. ``inherit`` fills
+    a section the answer leaves out entirely (B.3's second example has no
+    **Objectives:**, which the template forbids changing): the parent's.
     """
     if text is None or not text.strip():
         return ParsedEvolution("parse_error", "", None, "empty answer")
-    echo = _echo_of(template)
-    lines = _cut_turns(text).splitlines()
+    echo = template_echo(template)
+    given = (*parents, *inputs)
+    lines = unwrap_prose_fence(_cut_turns(text)).splitlines()
     fenced = _fence_states(lines)
+    rewritten = [i for i, line in enumerate(lines) if not fenced[i] and _REWRITTEN_EXAMPLE.match(line)]
+    if rewritten:  # B.3's "### Rewritten": what comes before restates the original
+        lines, fenced = lines[rewritten[-1] + 1 :], fenced[rewritten[-1] + 1 :]
     start = next((i for i, line in enumerate(lines) if not fenced[i] and _header(line, _REWRITTEN)), None)
     if start is None:
-        if _declines(lines):
+        why = echo.why(lines, given)
+        if why:
+            return ParsedEvolution("parse_error", "", None, why)
+        if declines("\n".join(lines)):
             return ParsedEvolution("invalid", "", None, "teacher declined")
-        return ParsedEvolution("parse_error", "", None, f"no '{REWRITTEN_TITLE}:' section")
+        return ParsedEvolution("parse_error", "", None, "no 'Prompt:' section")
     head = lines[:start]
     first = _header(lines[start], _REWRITTEN)
     assert first is not None
@@ -487,41 +469,55 @@ def parse_evolution(
                 break
         prompt.append(line)
     if not "".join(prompt).strip():
-        return ParsedEvolution("parse_error", "", None, "rewritten prompt: empty")
+        return ParsedEvolution("parse_error", "", None, "prompt: empty")
     parsed = parse_fusion("\n".join(prompt), parents)
-    if parsed.outcome == "invalid":
-        return ParsedEvolution("invalid", "", None, f"rewritten prompt: {parsed.reason}")
-    why = echo.why(head) or echo.why(prompt, strict=True) or _looping(prompt)
+    if parsed.outcome == "invalid":  # "Prompt: INVALID PROMPT", whatever the reasons before it
+        return ParsedEvolution("invalid", "", None, f"prompt: {parsed.reason}")
+    why = echo.why(head, given) or echo.why(prompt, given, strict=True) or _looping(prompt)
     if why:
         return ParsedEvolution("parse_error", "", None, why)
     if parsed.outcome != "ok":
-        return ParsedEvolution("parse_error", "", None, f"rewritten prompt: {parsed.reason}")
-    components, reason = _read_sections(head if head_has_sections else sections_after, echo)
+        return ParsedEvolution("parse_error", "", None, f"prompt: {parsed.reason}")
+    components, reason = _read_sections(head if head_has_sections else sections_after, echo, given, inherit)
     if components is None:
         return ParsedEvolution("parse_error", "", None, f"sections: {reason}")
     return ParsedEvolution("ok", parsed.text, components)
 
 
 # ------------------------------------------------------------ diversification
-def parse_diversified(
-    text: str | None, parent: str, template: PromptTemplate | None = None, n: int | None = None
-) -> ParsedDiversified:
-    """Read a numbered list of new instructions written from ``parent``.
+# Appendix B.2's entries: "**New Objective 1:**" (read past) and "**New Prompt 1:** the prompt".
+_NEW_PROMPT = re.compile(r"^\s*[#>*_\s]*new\s+prompt\s*(?P<num>\d+)\s*[#*_]*\s*[:：]?\s*[*_]*\s*(?P<rest>.*?)\s*$", re.I)
+_NEW_OBJECTIVE = re.compile(r"^\s*[#>*_\s]*new\s+objective\s*(?P<num>\d+)\s*[#*_]*\s*[:：]?", re.I)
 
-    Entries are the top-level items ``1.``, ``2.``, ... numbered in sequence (a
-    nested list inside an entry, indented or restarting at 1, stays part of it);
-    with ``n`` (the number asked for) the list ends after entry ``n``. Each
-    entry passes the checks of a fused instruction
-    (:func:`ray_pipeline.parsing.parse_fusion`); an entry that fails them,
-    repeats an earlier one, copies a line of the template's examples or rules,
-    or loops, is dropped with its reason. An answer whose text before the list
-    repeats the template's own text is a parse error (see :func:`parse_decomposition`).
-    """
-    if text is None or not text.strip():
-        return ParsedDiversified("parse_error", (), (), "empty answer")
-    echo = _echo_of(template)
-    lines = _cut_turns(text).splitlines()
-    fenced = _fence_states(lines)
+
+def _b2_entries(lines: list[str], fenced: list[bool], echo: TemplateEcho) -> tuple[list[list[str]], list[str]]:
+    """Appendix B.2's ``**New Prompt k:**`` entries, and the text before the first."""
+    entries: list[list[str]] = []
+    preamble = lines
+    current: list[str] | None = None
+    for i, line in enumerate(lines):
+        if not fenced[i]:
+            m = _NEW_PROMPT.match(line)
+            if m:
+                if int(m["num"]) != len(entries) + 1:
+                    break  # the numbering starts over: a new example
+                if not entries:
+                    preamble = lines[:i]
+                current = [m["rest"]]
+                entries.append(current)
+                continue
+            if _NEW_OBJECTIVE.match(line):
+                current = None
+                continue
+            if entries and (_EXAMPLE_START.match(line) or echo.starts_input(line)):
+                break
+        if current is not None:
+            current.append(line)
+    return entries, preamble
+
+
+def _list_entries(lines: list[str], fenced: list[bool], echo: TemplateEcho, n: int | None) -> tuple[list[list[str]], list[str]]:
+    """Top-level entries of a numbered list, and the text before the first."""
     entries: list[list[str]] = []
     base_indent = 0
     preamble = lines
@@ -540,18 +536,73 @@ def parse_diversified(
                 break
         if entries:
             entries[-1].append(line)
-    why = echo.why(preamble)
+    return entries, preamble
+
+
+_PROMPT_LABEL = re.compile(r"^\s*(?:\*\*|__)?\s*new\s+prompt\s*(?:\d+\s*)?[:：]\s*(?:\*\*|__)?\s*(?P<rest>.*)$", re.I)
+
+
+def _prompt_part(entry: list[str]) -> list[str]:
+    """An entry written ``**New Objective:** ... **New Prompt:** ...``: the prompt only."""
+    fenced = _fence_states(entry)
+    for i, line in enumerate(entry):
+        m = None if fenced[i] else _PROMPT_LABEL.match(line)
+        if m:
+            return [m["rest"], *entry[i + 1 :]]
+    return entry
+
+
+def _has_sections(entry: list[str]) -> str:
+    fenced = _fence_states(entry)
+    if any(not fenced[i] and _header(line, _HEADER) for i, line in enumerate(entry)):
+        return "gives Background Settings / Objectives / Constraints sections, which B.2 asks not to"
+    return ""
+
+
+def parse_diversified(
+    text: str | None,
+    parent: str,
+    template: PromptTemplate | None = None,
+    n: int | None = None,
+    inputs: Sequence[str] = (),
+) -> ParsedDiversified:
+    """Read the new instructions written from ``parent``.
+
+    Two layouts: Appendix B.2's ``**New Objective k:**`` / ``**New Prompt k:**``
+    pairs (the prompts are kept, the objectives read past), or a numbered list
+    ``1.``, ``2.``, ... (the v1 template; a nested list inside an entry,
+    indented or restarting at 1, stays part of it; with ``n``, the number asked
+    for, the list ends after entry ``n``). Entries are numbered in sequence; a
+    number out of sequence starts a new example and ends the answer. Each entry
+    passes the checks of a fused instruction
+    (:func:`ray_pipeline.parsing.parse_fusion`); an entry that fails them,
+    repeats an earlier one, copies the template's own text, or loops, is
+    dropped with its reason. An answer whose text before the entries repeats
+    the template's own text is a parse error.
+    """
+    if text is None or not text.strip():
+        return ParsedDiversified("parse_error", (), (), "empty answer")
+    echo = template_echo(template)
+    given = (parent, *inputs)
+    lines = unwrap_prose_fence(_cut_turns(text)).splitlines()
+    fenced = _fence_states(lines)
+    if any(not fenced[i] and _NEW_PROMPT.match(line) for i, line in enumerate(lines)):
+        entries, preamble = _b2_entries(lines, fenced, echo)
+    else:
+        entries, preamble = _list_entries(lines, fenced, echo, n)
+    why = echo.why(preamble, given)
     if why:
         return ParsedDiversified("parse_error", (), (), why)
     if not entries:
-        return ParsedDiversified("parse_error", (), (), "no numbered list")
+        return ParsedDiversified("parse_error", (), (), "no numbered list or **New Prompt 1:**")
     kept: list[str] = []
     dropped: list[str] = []
     outcomes = []
     for k, entry in enumerate(entries, 1):
+        entry = _prompt_part(entry)
         parsed = parse_fusion("\n".join(entry), (parent,))
         outcomes.append(parsed.outcome)
-        why = echo.why(entry, strict=True) or _looping(entry)
+        why = echo.why(entry, given, strict=True) or _looping(entry) or _has_sections(entry)
         if why:
             dropped.append(f"entry {k}: {why}")
         elif parsed.outcome != "ok":

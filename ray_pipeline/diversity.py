@@ -77,3 +77,28 @@ def diversity_u(X: np.ndarray) -> float:
     if len(X) < 2:
         return float("nan")
     return float(np.var(nn_distances(X)))
+
+
+def most_dissimilar(anchor: np.ndarray, X: np.ndarray, k: int) -> list[int]:
+    """Indices of ``k`` rows of ``X`` chosen greedily to be unlike ``anchor`` and each other.
+
+    Farthest-point selection by cosine similarity: each step takes the row
+    whose highest similarity to the anchor and the rows taken so far is
+    lowest (ties: the lowest index). TaCIE's diversification (Appendix B.2)
+    asks the teacher for ten new instructions per seed and keeps three; this
+    is how the three are chosen. The indices come back in ``X``'s order.
+    """
+    X = unit_rows(X)
+    if k >= len(X):
+        return list(range(len(X)))
+    if k <= 0:
+        return []
+    closest = (X @ unit_rows(np.asarray(anchor)[None, :])[0]).astype(np.float64)
+    taken: list[int] = []
+    for _ in range(k):
+        masked = closest.copy()
+        masked[taken] = np.inf
+        i = int(np.argmin(masked))
+        taken.append(i)
+        closest = np.maximum(closest, (X @ X[i]).astype(np.float64))
+    return sorted(taken)

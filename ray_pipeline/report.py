@@ -37,7 +37,7 @@ from matplotlib.patches import Patch
 from ray_pipeline.errors import FusionError
 from ray_pipeline.outputs import atomic_path, atomic_write_text
 
-OPERATIONS = ("seed", "diversify", "depth_constraint", "depth_background", "fusion_in_domain", "fusion_cross_domain")
+OPERATIONS = ("seed", "diversify", "depth", "depth_constraint", "depth_background", "fusion_in_domain", "fusion_cross_domain")
 ITEM_COLUMNS = ("id", "round", "operation", "parent_ids", "root_domain", "instruction", "uncertainty", "embedding",
                 "kept", "removed_reason")
 FIGURES = {
@@ -49,7 +49,7 @@ FIGURES = {
 }
 SAMPLES_PER_OPERATION = 3
 MAX_TEXT_CHARS = 600
-_MARKERS = {"seed": "o", "diversify": "s", "depth_constraint": "^", "depth_background": "v",
+_MARKERS = {"seed": "o", "diversify": "s", "depth": "^", "depth_constraint": "^", "depth_background": "v",
             "fusion_in_domain": "D", "fusion_cross_domain": "P"}
 _FIGSIZE = (7.0, 4.5)
 _DPI = 100

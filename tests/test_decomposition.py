@@ -35,6 +35,19 @@ def test_format_parse_round_trip_multiline_items():
     assert parse_decomposition(format_components(c)).components == c
 
 
+def test_appendix_b_layout_as_the_paper_writes_it():
+    """TaCIE's Appendix B: bold headings, ``1.item`` without a space, a blank line between sections."""
+    c = C(["age of Anika = 30", f"Code to debug:\n{CODE}"], ["Calculate the average age."], [])
+    text = format_components(c, "appendix_b")
+    assert text == (
+        f"**Background Settings:**\n1.age of Anika = 30\n2.Code to debug:\n{CODE}\n\n"
+        "**Objectives:**\n1.Calculate the average age.\n\n**Constraints:**\nN/A"
+    )
+    assert parse_decomposition(text).components == c  # the code block stays in its item
+    with pytest.raises(ValueError, match="unknown elements format"):
+        format_components(c, "latex")
+
+
 # (answer, expected components) for answers that parse
 OK_CASES = {
     "plain": (
@@ -73,9 +86,10 @@ OK_CASES = {
         "Constraints:\n1. Be brief.\nObjectives:\n1. Explain recursion.\nBackground Settings:\n1. For beginners.",
         C(["For beginners."], ["Explain recursion."], ["Be brief."]),
     ),
-    "code_block_own_item_verbatim": (
+    # Appendix B.1's layout: the block belongs to the item whose line introduces it
+    "code_block_joins_its_item_verbatim": (
         f"Background Settings:\n1. The function below:\n{CODE}\nObjectives:\n1. Fix it.\nConstraints:\nN/A",
-        C(["The function below:", CODE], ["Fix it."], []),
+        C([f"The function below:\n{CODE}"], ["Fix it."], []),
     ),
     "code_block_on_marker_line": (
         f"Background Settings:\n1. The function below:\n2. {CODE}\nObjectives:\n1. Fix it.\nConstraints:\nN/A",
@@ -195,8 +209,8 @@ EVOLUTION_FAIL = {
     "invalid_alone": ("INVALID PROMPT", "invalid", "declined"),
     "invalid_as_prompt": (f"{SECTIONS}Rewritten Prompt:\nINVALID PROMPT", "invalid", "declined"),
     "invalid_with_reason": ("These tasks have nothing in common. INVALID PROMPT.", "invalid", "declined"),
-    "no_rewritten_prompt": (SECTIONS, "parse_error", "no 'Rewritten Prompt:'"),
-    "empty_rewritten_prompt": (f"{SECTIONS}Rewritten Prompt:\n\n", "parse_error", "rewritten prompt: empty"),
+    "no_rewritten_prompt": (SECTIONS, "parse_error", "no 'Prompt:'"),
+    "empty_rewritten_prompt": (f"{SECTIONS}Rewritten Prompt:\n\n", "parse_error", "prompt: empty"),
     "copies_parent": (f"{SECTIONS}Rewritten Prompt:\n{PARENT.upper()}", "parse_error", "copies a parent"),
     "copies_second_parent": (f"{SECTIONS}Rewritten Prompt:\nCount the vowels in a sentence.", "parse_error", "copies a parent"),
     "no_sections": (f"Rewritten Prompt:\n{NEW}", "parse_error", "sections: no section header"),
@@ -271,13 +285,13 @@ def test_parse_diversified_failures(answer, outcome, reason):
 
 
 # ---------------------------------------------------------------- what a weak model writes
-# Shapes seen from the embedded Gemma 3 270M: it repeats the prompt's rules or its
+# Shapes seen from the embedded Gemma 3 270M: it repeats the prompt's text or its
 # examples, loops on one line, and runs on into the next turn's input markers.
 def test_decomposition_repeating_the_prompt_is_a_parse_error():
     tpl = load_template("tacie_decompose@v1")
     rules = "- Background Settings: the context of the task and everything it gives: data, facts, code."
     example_line = "Background Settings:\n1. Tina works 10 hours a day.\nObjectives:\n1. Write a poem about autumn."
-    assert "repeats the prompt's rules" in parse_decomposition(f"{rules}\n{SECTIONS}", template=tpl).reason
+    assert "repeats the prompt's text" in parse_decomposition(f"{rules}\n{SECTIONS}", template=tpl).reason
     assert "repeats the prompt's examples" in parse_decomposition(example_line, template=tpl).reason
     assert parse_decomposition(example_line).outcome == "ok"  # without the template nothing to compare
     short = "Objectives:\n1. Write a poem.\nConstraints:\n1. Every line rhymes."  # lines under four words do not count
@@ -309,11 +323,11 @@ FUSION_PARENTS = ("Sort a list of numbers in place.", "Count the vowels of every
          "parse_error", "repeats the prompt's examples: 'a python function that reverses a sentence and'"),
         # a rule, altered at its start
         (f"{SECTIONS}Rewritten Prompt:\nSort the numbers. It is a task. Merge the background settings and constraints of both tasks, ok",
-         "parse_error", "repeats the prompt's rules: 'merge the background settings and constraints of both'"),
-        (f"{SECTIONS}Rewritten Prompt:\nTask 1:\nSort a list of numbers in place.", "parse_error", "rewritten prompt: empty"),
+         "parse_error", "repeats the prompt's text: 'merge the background settings and constraints of both'"),
+        (f"{SECTIONS}Rewritten Prompt:\nTask 1:\nSort a list of numbers in place.", "parse_error", "prompt: empty"),
         # INVALID PROMPT inside an echo of the rules is no refusal
         ("4. If the two tasks cannot be combined, answer exactly: INVALID PROMPT\n\nTask 1:\nSort a list of numbers in place.",
-         "parse_error", "no 'Rewritten Prompt:' section"),
+         "parse_error", "no 'Prompt:' section"),
         # a refusal that quotes the rule is still a refusal
         ("The two tasks cannot be combined into one coherent, solvable task.\nRewritten Prompt:\nINVALID PROMPT", "invalid", "declined"),
         (f"{SECTIONS}Rewritten Prompt:\n{NEW}\n\nTask 2 elements:\nBackground Settings:\nN/A", "ok", NEW),
@@ -341,4 +355,4 @@ def test_diversified_answers_of_a_weak_model():
     rules = "1. Each new instruction has a DIFFERENT objective from the seed and from the other new instructions.\n2. " + D1
     assert parse_diversified(rules, PARENT, template=tpl).instructions == (D1,)
     preamble = f"You are an expert Prompt Creator. From a seed instruction you write new instructions:\n1. {D1}"
-    assert "repeats the prompt's rules" in parse_diversified(preamble, PARENT, template=tpl).reason
+    assert "repeats the prompt's text" in parse_diversified(preamble, PARENT, template=tpl).reason

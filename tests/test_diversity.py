@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ray_pipeline import diversity
-from ray_pipeline.diversity import diversity_u, nearest, nn_distances, unit_rows
+from ray_pipeline.diversity import diversity_u, most_dissimilar, nearest, nn_distances, unit_rows
 
 
 def _angles(*degrees: float) -> np.ndarray:
@@ -76,3 +76,22 @@ def test_identical_spacing_has_zero_variance_and_spread_does_not():
     uneven = _angles(0, 2, 60, 90, 170)
     assert diversity_u(even) == pytest.approx(0.0, abs=1e-12)
     assert diversity_u(uneven) > 1e-3
+
+
+def test_most_dissimilar_by_hand():
+    """Farthest-point selection from the anchor: each step takes the row least like the anchor and those taken."""
+    anchor = np.array([1.0, 0.0, 0.0])
+    X = np.array([
+        [1.0, 0.1, 0.0],   # 0: nearly the anchor
+        [0.0, 1.0, 0.0],   # 1: orthogonal to the anchor
+        [0.0, 0.9, 0.1],   # 2: nearly row 1
+        [0.0, 0.0, 1.0],   # 3: orthogonal to the anchor and to row 1
+        [0.9, 0.0, 0.1],   # 4: close to the anchor
+    ])
+    # row 1 and row 3 tie at similarity 0 to the anchor: the lower index first; then row 3 (0 to both)
+    assert most_dissimilar(anchor, X, 2) == [1, 3]
+    # the third: row 2 is 0.99 like row 1, row 4 is 0.99 like the anchor, row 0 is 0.995 like it: row 2 or 4
+    third = set(most_dissimilar(anchor, X, 3)) - {1, 3}
+    sims = {i: max(float(unit_rows(X[i:i + 1])[0] @ unit_rows(v[None])[0]) for v in (anchor, X[1], X[3])) for i in (0, 2, 4)}
+    assert third == {min(sims, key=sims.get)}
+    assert most_dissimilar(anchor, X, 9) == [0, 1, 2, 3, 4] and most_dissimilar(anchor, X, 0) == []

@@ -83,8 +83,10 @@ def test_fusion_with_embedded_teacher_interrupted_resumed_and_rerun(tmp_path, co
         tmp_path,
         teacher="embedded",
         seeds=[{"path": str(code_alpaca), "limit": 16}],
-        fusion={"num_instructions": 6, "max_attempts": 30, "sampling": {"temperature": 0.7, "max_tokens": 96}},
-        response={"sampling": {"temperature": 0.2, "max_tokens": 128}},
+        # the v1 templates, as in jobs/quickstart.yaml: Gemma 3 270M parses better with them (docs/fidelity.md)
+        fusion={"num_instructions": 6, "max_attempts": 30, "template": "if_fusion@v1",
+                "sampling": {"temperature": 0.7, "max_tokens": 96}},
+        response={"template": "if_response@v1", "sampling": {"temperature": 0.2, "max_tokens": 128}},
     )
     # Ctrl-C: exit 130, the server and its workers gone, no output written, finished calls kept
     code, err, started = interrupt_when_answering(job)

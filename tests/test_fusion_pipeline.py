@@ -41,7 +41,7 @@ class FatePlan:
     def fate(self, text: str) -> str:
         with self._lock:
             if text not in self.fates:
-                kind = "fusion" if "#Instruction 1#" in text else "response"
+                kind = "fusion" if "#Given Prompt 1#" in text else "response"  # if_fusion@v2, the paper's prompt
                 fates = FUSION_FATES if kind == "fusion" else RESPONSE_FATES
                 self.fates[text] = fates[self._dealt[kind] % len(fates)]
                 self._dealt[kind] += 1
@@ -85,7 +85,7 @@ def test_every_row_has_a_recorded_outcome(faulty_run):
 def test_faults_map_to_the_right_outcomes(faulty_run):
     job, manifest, calls, run, plan = faulty_run
     table = pq.read_table(run / "test.parquet").to_pylist()
-    tpl = load_template("if_fusion@v1")
+    tpl = load_template(job.fusion.template)
     seen = set()
     for row in table:
         f = plan.fates[tpl.render(**_parents(job, row))[-1]["content"]]
@@ -128,9 +128,9 @@ def test_responses_lineage_and_sft_files(faulty_run):
         assert len(r["parent_ids"]) == 2 and r["parent_ids"][0] != r["parent_ids"][1]
         assert set(r["parent_ids"]) <= seed_ids
         assert r["teacher_model"] == "fault-model"
-        assert r["fusion_template"] == "if_fusion@v1"
-        assert r["fusion_template_sha256"] == load_template("if_fusion@v1").sha256
-        assert r["response_template_sha256"] == load_template("if_response@v1").sha256
+        assert r["fusion_template"] == "if_fusion@v2"  # the paper's prompt is the default
+        assert r["fusion_template_sha256"] == load_template("if_fusion@v2").sha256
+        assert r["response_template_sha256"] == load_template("if_response@v2").sha256
         assert json.loads(r["fusion_sampling"])["seed"] is not None
         assert r["fusion_prompt_tokens"] > 0 and r["fusion_latency_s"] > 0
     ok = [r for r in table if r["outcome"] == "ok"]

@@ -10,7 +10,8 @@ import pytest
 
 from ray_pipeline.errors import FusionError
 from ray_pipeline.outputs import RunDir
-from ray_pipeline.pipelines.tacie import _Checkpoint, _cut_off, _json_safe, _new_item
+from ray_pipeline.parsing import cut_off
+from ray_pipeline.pipelines.tacie import _Checkpoint, _json_safe, _new_item
 
 
 def _items(n: int) -> list[dict]:
@@ -69,7 +70,7 @@ def test_a_state_naming_a_missing_round_is_a_one_line_error(tmp_path):
     ],
 )
 def test_cut_off_answers(answer, finish, piece, cut):
-    assert _cut_off(answer, finish, piece) is cut
+    assert cut_off(answer, finish, piece) is cut
 
 
 def test_json_safe_turns_nan_into_null():

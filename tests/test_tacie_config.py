@@ -27,7 +27,7 @@ def test_defaults_follow_the_paper():
     assert job.scorer.num_perturbations == 10 and job.scorer.drop_prob == 0.2
     assert job.collection.diversify == 3
     assert [b.name for b in job.filters.decontaminate] == ["humaneval", "mbpp", "gsm8k"]
-    assert job.response.template == "tacie_response@v1"
+    assert job.response.template == "tacie_response@v1"  # the paper gives no response prompt
     # setting only the sampling keeps TaCIE's response template
     assert parse_job(_tacie(response={"sampling": {"max_tokens": 64}})).response.template == "tacie_response@v1"
 
@@ -124,4 +124,5 @@ def test_validate_reports_what_the_run_would_use(tmp_path):
     out = json.loads(proc.stdout)
     assert out["kind"] == "tacie" and out["seeds"]["seeds"] == 8
     assert out["decontaminate"] == {"mine": 1}
-    assert out["templates"]["fusion"] == "tacie_fusion@v1"
+    assert out["templates"]["fusion"] == "tacie_fusion@v2" and out["templates"]["depth"] == "tacie_depth@v2"
+    assert out["templates_not_from_papers"] == {"response": "tacie_response@v1 (project)"}

@@ -47,15 +47,19 @@ def _job(tmp: Path, rounds: int) -> Path:
             {"path": str(leak), "name": "leaky"},
         ],
         "teacher": {"kind": "embedded", "max_model_len": 2048},
-        "collection": {"k_min": 2, "k_max": 3, "diversify": 1, "sampling": {"temperature": 0.9, "max_tokens": 256}},
+        # the v1 templates, as in jobs/tacie_quickstart.yaml: Gemma 3 270M parses better with them (docs/fidelity.md);
+        # tests/test_tacie_paper_flow.py runs the paper's templates
+        "collection": {"k_min": 2, "k_max": 3, "diversify": 1, "template": "tacie_diversify@v1",
+                       "sampling": {"temperature": 0.9, "max_tokens": 256}},
         # a 270M base model loops under greedy decoding: sample the decomposition
-        "decomposition": {"sampling": {"temperature": 0.7, "max_tokens": 320}},
+        "decomposition": {"template": "tacie_decompose@v1", "sampling": {"temperature": 0.7, "max_tokens": 320}},
         # N_U = 4 (the paper's 10 is the default, tested in test_uncertainty/test_scorers): this test is
         # about the rounds; bf16 halves the CPU time where the CPU has bf16 instructions
         "scorer": {"backend": "hf", "num_perturbations": 4, "batch_size": 16, "dtype": "bfloat16", "max_length": 384,
                    "num_cpus": 2},  # the teacher is idle while the scorer runs
         "evolution": {"rounds": rounds, "depth_per_round": DEPTH, "fusion_per_round": FUSION,
-                      "sampling": {"temperature": 0.7, "max_tokens": 384}},
+                      "depth_template": "tacie_depth_constraint@v1", "depth_background_template": "tacie_depth_background@v1",
+                      "fusion_template": "tacie_fusion@v1", "sampling": {"temperature": 0.7, "max_tokens": 384}},
         "response": {"sampling": {"temperature": 0.2, "max_tokens": 96}},
         "filters": {
             "decontaminate": [

@@ -47,11 +47,13 @@ def test_a_teacher_answering_garbage_leaves_an_incomplete_run_with_counts(tmp_pa
     assert manifest["rounds_completed"] == 0 and not manifest["complete"]
     attempts = manifest["counts"]["attempts"]
     chosen = sum(v["chosen"] for v in manifest["collection"].values())
-    # every chosen seed: one diversification call, one decomposition, one response
-    assert attempts["diversify"] == {"parse_error": chosen}
+    # every chosen seed: one decomposition and one response; diversification (Appendix B.2) shows the
+    # seed's elements, so a seed that could not be decomposed is not diversified
+    assert "diversify" not in attempts
+    assert manifest["diversification"]["skipped_undecomposed"] == chosen
     assert attempts["decompose"] == {"parse_error": chosen}
     assert attempts["response"] == {"parse_error": chosen}
-    assert calls == 3 * chosen
+    assert calls == 2 * chosen
     assert manifest["counts"]["kept"] == 0
     assert (tmp_path / "run/sft_messages.jsonl").read_text() == ""
 

@@ -36,10 +36,10 @@ from ray_pipeline.errors import SeedError
 from ray_pipeline.executor import connect
 from ray_pipeline.outputs import RunDir, config_hash, package_versions
 from ray_pipeline.pairing import PairSampler, is_cross_language
-from ray_pipeline.parsing import OUTCOMES, parse_fusion, parse_response
+from ray_pipeline.parsing import OUTCOMES, cut_off, parse_fusion, parse_response
 from ray_pipeline.determinism import derived_seed
 from ray_pipeline.pipelines.teacher_calls import DEAD_TEACHER_STREAK, RequestBuilder, TeacherCalls
-from ray_pipeline.prompts import PromptTemplate, load_template
+from ray_pipeline.prompts import PromptTemplate, load_template, warn_not_from_papers
 from ray_pipeline.seeds import load_seeds
 from ray_pipeline.stages.teacher_stage import RESULT_FIELDS
 from ray_pipeline.teachers.factory import StageTeacherConfig, configured_model_name, teacher_session
@@ -94,6 +94,7 @@ class InstructionFusionRun:
         self.run.check_compatible(config, self.force)
         fusion_tpl = load_template(job.fusion.template)
         response_tpl = load_template(job.response.template)
+        warn_not_from_papers({"fusion": fusion_tpl})  # the paper gives no response prompt
 
         pool = load_seeds(job.seeds)
         seeds = pool.records
@@ -178,8 +179,10 @@ class InstructionFusionRun:
                     if row["fusion_error"]:
                         outcome, text, reason = "api_error", "", row["fusion_error"]
                     else:
-                        parsed = parse_fusion(row["fusion_text"], parents)
+                        parsed = parse_fusion(row["fusion_text"], parents, builder.template)
                         outcome, text, reason = parsed.outcome, parsed.text, parsed.reason
+                        if outcome == "ok" and cut_off(row["fusion_text"], row["fusion_finish_reason"], text):
+                            outcome, text, reason = "parse_error", "", "instruction cut off at max_tokens"
                     row.update(
                         fusion_outcome=outcome,
                         instruction=text,
@@ -268,8 +271,8 @@ class InstructionFusionRun:
             "ray": cluster,
             "teacher": {"kind": job.teacher.kind, "model": model, "started": teacher_started},
             "templates": {
-                "fusion": {"ref": job.fusion.template, "sha256": load_template(job.fusion.template).sha256},
-                "response": {"ref": job.response.template, "sha256": load_template(job.response.template).sha256},
+                "fusion": load_template(job.fusion.template).record(),
+                "response": load_template(job.response.template).record(),
             },
             "seeds": pool.summary(),
             "target": job.fusion.num_instructions,

@@ -3,12 +3,14 @@
 Round 0, seed collection:
   1. read the seed pools (``seeds.load_seeds``) and embed every seed (``embeddings``);
   2. per source, k-means with k from the elbow method, one seed per cluster (``clustering``);
-  3. diversification: the teacher writes new instructions with other objectives for each chosen seed;
-  4. decomposition of every item into background / objectives / constraints (``decomposition``);
+  3. decomposition of every chosen seed into background / objectives / constraints (``decomposition``);
+  4. diversification (Appendix B.2, which takes the seed's elements): the teacher writes new instructions
+     with other objectives for each seed; ``collection.diversify`` of them are kept, the most mutually
+     dissimilar by embedding (``diversity.most_dissimilar``); then they are decomposed too;
   5. a response per item (teacher), and its uncertainty under the scorer LM (``stages.scorer_stage``).
 Rounds t = 1..T, evolution (``evolution_sampling``):
-  6. depth evolution of items drawn with p_i proportional to u_i (eq. 4): one constraint, or one
-     background fact for a reasoning (math) task; task fusion of pairs drawn with eq. 5-6 by
+  6. depth evolution of items drawn with p_i proportional to u_i (eq. 4): Appendix B.3's one template, in
+     which the teacher adds one constraint, or one background element to a reasoning task; task fusion of pairs drawn with eq. 5-6 by
      Algorithm 1, half in-domain and half cross-domain;
   7. parse each rewritten prompt with its sections, answer it, score it, embed it;
   8. C(t+1) = C(t) + D(t) + F(t); fusion counts updated (eq. 7); an instruction over the token
@@ -37,7 +39,7 @@ from ray_pipeline.cache import load_cache
 from ray_pipeline.clustering import pick_per_source
 from ray_pipeline.config import TaCIEJob, job_to_dict
 from ray_pipeline.decomposition import Components, format_components, parse_decomposition, parse_diversified, parse_evolution
-from ray_pipeline.diversity import diversity_u
+from ray_pipeline.diversity import diversity_u, most_dissimilar
 from ray_pipeline.embeddings import embed_texts
 from ray_pipeline.errors import FusionError, SeedError
 from ray_pipeline.evolution_sampling import (
@@ -51,11 +53,11 @@ from ray_pipeline.evolution_sampling import (
 from ray_pipeline.executor import connect, run_stage
 from ray_pipeline.filters import Decontaminator, load_benchmark_prompts, near_duplicates
 from ray_pipeline.outputs import RunDir, atomic_write_json, atomic_write_parquet, config_hash, package_versions
-from ray_pipeline.parsing import parse_response
+from ray_pipeline.parsing import cut_off, parse_response
 from ray_pipeline.pipelines.instruction_fusion import seed_prompt
 from ray_pipeline.determinism import derived_seed
 from ray_pipeline.pipelines.teacher_calls import CallTally, RequestBuilder, TeacherCalls
-from ray_pipeline.prompts import PromptTemplate, load_template
+from ray_pipeline.prompts import PromptTemplate, load_template, warn_not_from_papers
 from ray_pipeline.scorers.base import resolve_model
 from ray_pipeline.seeds import SeedPool, load_seeds
 from ray_pipeline.stages.scorer_stage import ScorerStage, scorer_resources
@@ -68,6 +70,7 @@ log = logging.getLogger(__name__)
 OPERATIONS = (
     "diversify",
     "decompose",
+    "depth",
     "depth_constraint",
     "depth_background",
     "fusion_in_domain",
@@ -160,6 +163,28 @@ def _components(item: dict[str, Any]) -> Components:
     return Components(tuple(item["background"]), tuple(item["objectives"]), tuple(item["constraints"]))
 
 
+def task_values(template: PromptTemplate, *items: dict[str, Any]) -> dict[str, str]:
+    """The values a template takes for one task or a pair, under either naming.
+
+    The papers' templates call an instruction ``prompt`` and its elements
+    ``extracted`` (``prompt1``, ``extracted2`` for a pair); the v1 templates say
+    ``instruction`` and ``components`` (``instruction_1``). Elements are laid
+    out in the template's ``elements_format``.
+    """
+    values: dict[str, str] = {}
+    for k, item in enumerate(items, 1):
+        suffixes = ("",) if len(items) == 1 else (f"_{k}", f"{k}")
+        elements = format_components(_components(item), template.elements_format)
+        for sfx in suffixes:
+            values[f"instruction{sfx}"] = values[f"prompt{sfx}"] = item["instruction"]
+            values[f"components{sfx}"] = values[f"extracted{sfx}"] = elements
+    return {v: values[v] for v in template.variables if v in values}
+
+
+def _needs_elements(template: PromptTemplate) -> bool:
+    return any(v.startswith(("components", "extracted")) for v in template.variables)
+
+
 class _Checkpoint:
     """``checkpoints/`` of a run: the pool and attempts after each finished round, and a state file naming the last.
 
@@ -207,11 +232,15 @@ def preflight(job: TaCIEJob) -> Preflight:
     templates = {
         "diversify": load_template(job.collection.template),
         "decompose": load_template(job.decomposition.template),
-        "depth_constraint": load_template(ev.depth_constraint_template),
-        "depth_background": load_template(ev.depth_background_template),
         "fusion": load_template(ev.fusion_template),
         "response": load_template(job.response.template),
     }
+    if ev.depth_background_template:  # two depth templates, chosen by the seed's domain (the v1 way)
+        templates["depth_constraint"] = load_template(ev.depth_template)
+        templates["depth_background"] = load_template(ev.depth_background_template)
+    else:  # Appendix B.3: one template, the teacher picks the method
+        templates["depth"] = load_template(ev.depth_template)
+    warn_not_from_papers({k: t for k, t in templates.items() if k != "response"})  # the paper gives no response prompt
     pool = load_seeds(job.seeds)
     if not pool.records:
         raise SeedError("the seed pool is empty")
@@ -232,6 +261,7 @@ class TaCIERun:
         self.round_metrics: list[dict[str, Any]] = []
         self.used_pairs: set[tuple[str, str]] = set()
         self.collection: dict[str, Any] = {}
+        self.diversification: dict[str, Any] = {}
         self.draws: dict[int, dict[str, int]] = {}
 
     # ------------------------------------------------------------------ main
@@ -267,13 +297,10 @@ class TaCIERun:
         cache = load_cache(self.run.cache_dir)
         if cache:
             log.info("resuming: %d teacher calls already in the cache", len(cache))
+        sampling = {"diversify": job.collection.sampling, "decompose": job.decomposition.sampling,
+                    "response": job.response.sampling}
         self.builders = {
-            "diversify": RequestBuilder(self.templates["diversify"], job.collection.sampling, self.model, cache),
-            "decompose": RequestBuilder(self.templates["decompose"], job.decomposition.sampling, self.model, cache),
-            "depth_constraint": RequestBuilder(self.templates["depth_constraint"], ev.sampling, self.model, cache),
-            "depth_background": RequestBuilder(self.templates["depth_background"], ev.sampling, self.model, cache),
-            "fusion": RequestBuilder(self.templates["fusion"], ev.sampling, self.model, cache),
-            "response": RequestBuilder(self.templates["response"], job.response.sampling, self.model, cache),
+            op: RequestBuilder(tpl, sampling.get(op, ev.sampling), self.model, cache) for op, tpl in self.templates.items()
         }
         self.calls = TeacherCalls(stage_cfg, job.ray, self.run.cache_dir)
         self.tally = self.calls.tally
@@ -301,6 +328,7 @@ class TaCIERun:
         self.round_metrics = state["rounds"][: done + 1]
         self.used_pairs = {tuple(p) for p in state["used_pairs"]}
         self.collection = state.get("collection", {})
+        self.diversification = state.get("diversification", {})
         self.teacher_model = state.get("teacher_model", "")
         log.info("resuming after round %d: %d items in the pool", done, len(items))
         return items, done
@@ -319,6 +347,7 @@ class TaCIERun:
             "rounds": self.round_metrics,
             "used_pairs": sorted(list(p) for p in self.used_pairs),
             "collection": self.collection,
+            "diversification": self.diversification,
         }
         self.checkpoint.save(t, items, self.attempts, state)
 
@@ -346,8 +375,10 @@ class TaCIERun:
             )
             for i in chosen
         ]
-        items += self._diversify(items)
         self._decompose(items)
+        new = self._diversify(items)
+        self._decompose(new)
+        items += new
         self._complete(0, items)
         return items
 
@@ -356,40 +387,75 @@ class TaCIERun:
         if n == 0:
             return []
         builder = self.builders["diversify"]
+        tpl = self.templates["diversify"]
+        asks_n = "n" in tpl.variables  # v1 asks for n; B.2 asks for ten, of which n are kept
+        if _needs_elements(tpl):  # B.2 shows the seed's elements: a seed that could not be decomposed is not diversified
+            skipped = [s["id"] for s in seeds if s["decomposition_outcome"] != "ok"]
+            seeds = [s for s in seeds if s["decomposition_outcome"] == "ok"]
+            if skipped:
+                log.warning("diversification: %d seeds without elements (decomposition failed) are not diversified", len(skipped))
+            self.diversification["skipped_undecomposed"] = len(skipped)
         requests = []
         for k, seed in enumerate(seeds):
-            row = {"k": k, **builder.request(derived_seed(self.job.seed, "diversify", seed["id"]),
-                                            instruction=seed["instruction"], n=str(n))}
-            requests.append(row)
-        new: list[dict[str, Any]] = []
+            values = task_values(tpl, seed) | ({"n": str(n)} if asks_n else {})
+            requests.append({"k": k, **builder.request(derived_seed(self.job.seed, "diversify", seed["id"]), **values)})
+        parsed_texts: dict[int, list[str]] = {}
         for row in self.calls.run(requests, "diversify", order_key="k"):
             seed = seeds[row["k"]]
             if row["diversify_error"]:
                 outcome, reason, texts = "api_error", row["diversify_error"], []
             else:
-                parsed = parse_diversified(row["diversify_text"], seed["instruction"], self.templates["diversify"], n=n)
-                texts = list(parsed.instructions[:n])
-                cut = bool(texts) and _cut_off(row["diversify_text"], row["diversify_finish_reason"], texts[-1])
+                elements = task_values(tpl, seed)
+                parsed = parse_diversified(row["diversify_text"], seed["instruction"], tpl, n=n if asks_n else None,
+                                           inputs=[v for name, v in elements.items() if name not in ("instruction", "prompt")])
+                texts = list(parsed.instructions)
+                cut = bool(texts) and cut_off(row["diversify_text"], row["diversify_finish_reason"], texts[-1])
                 if cut:
                     texts.pop()  # the last entry ran into max_tokens
                 outcome = "ok" if texts else "parse_error"
                 reason = parsed.reason or "; ".join(parsed.dropped + (("last entry cut off at max_tokens",) if cut else ()))[:500]
             self._attempt(0, "diversify", "", [seed["id"]], outcome, reason, row, "diversify")
+            parsed_texts[row["k"]] = texts
+        generated = sum(len(t) for t in parsed_texts.values())
+        chosen = self._keep_dissimilar(seeds, parsed_texts, n)
+        self.diversification.update(
+            template=tpl.ref, seeds=len(seeds), generated=generated, kept=sum(len(t) for t in chosen.values()),
+            kept_per_seed=n, selection="most mutually dissimilar (embedding)" if not asks_n else "as asked",
+        )
+        new: list[dict[str, Any]] = []
+        for k in sorted(chosen):
+            seed, texts = seeds[k], chosen[k]
             for j, text in enumerate(texts):
                 new.append(
                     _new_item(
                         id=_item_id("diversify", seed["id"], j, text), round=0, operation="diversify",
                         parent_ids=[seed["id"]], source=seed["source"], domain=seed["domain"],
                         root_domain=seed["root_domain"], language=seed["language"], instruction=text,
-                        template=self.templates["diversify"].ref, template_sha256=self.templates["diversify"].sha256,
+                        template=tpl.ref, template_sha256=tpl.sha256,
                     )
                 )
         return new
 
+    def _keep_dissimilar(self, seeds: list[dict[str, Any]], texts: dict[int, list[str]], n: int) -> dict[int, list[str]]:
+        """Per seed, at most ``n`` of its new instructions: the most mutually dissimilar (and unlike the seed)."""
+        over = [k for k, t in texts.items() if len(t) > n]
+        if not over:
+            return texts
+        vectors = embed_texts([t for k in over for t in texts[k]], self.job.embedding)
+        chosen = dict(texts)
+        start = 0
+        for k in over:
+            X = vectors[start:start + len(texts[k])]
+            start += len(texts[k])
+            keep = most_dissimilar(np.asarray(seeds[k]["embedding"]), X, n)
+            chosen[k] = [texts[k][i] for i in keep]
+        return chosen
+
     def _decompose(self, items: list[dict[str, Any]]) -> None:
         builder = self.builders["decompose"]
+        tpl = self.templates["decompose"]
         requests = [
-            {"k": k, **builder.request(derived_seed(self.job.seed, "decompose", it["id"]), instruction=it["instruction"])}
+            {"k": k, **builder.request(derived_seed(self.job.seed, "decompose", it["id"]), **task_values(tpl, it))}
             for k, it in enumerate(items)
         ]
         for row in self.calls.run(requests, "decompose", order_key="k"):
@@ -397,7 +463,7 @@ class TaCIERun:
             if row["decompose_error"]:
                 outcome, reason = "api_error", row["decompose_error"]
             else:
-                parsed = parse_decomposition(row["decompose_text"], self.templates["decompose"])
+                parsed = parse_decomposition(row["decompose_text"], tpl, inputs=[item["instruction"]])
                 outcome, reason = parsed.outcome, parsed.reason
                 if parsed.outcome == "ok":
                     c = parsed.components
@@ -489,20 +555,19 @@ class TaCIERun:
         pair_of: dict[int, FusionPair] = {}
         for n, c in enumerate(depth):
             parent = items[pool_idx[c]]
-            op = "depth_background" if parent["domain"] == "math" else "depth_constraint"
+            if "depth" in self.templates:
+                op = "depth"  # Appendix B.3: the teacher picks the method
+            else:
+                op = "depth_background" if parent["domain"] == "math" else "depth_constraint"
             seed = derived_seed(job.seed, "evolve", t, op, n, parent["id"])
-            req = self.builders[op].request(seed, instruction=parent["instruction"], components=format_components(_components(parent)))
+            req = self.builders[op].request(seed, **task_values(self.templates[op], parent))
             requests.append({"k": len(requests), "op": op, "parents": json.dumps([parent["id"]]), **req})
         for n, pair in enumerate(draw.pairs):
             a, b = items[pool_idx[pair.first]], items[pool_idx[pair.second]]
             op = "fusion_cross_domain" if pair.cross_domain else "fusion_in_domain"
             self.used_pairs.add(pair_key(a["id"], b["id"]))
             seed = derived_seed(job.seed, "evolve", t, op, n, a["id"], b["id"])
-            req = self.builders["fusion"].request(
-                seed,
-                instruction_1=a["instruction"], components_1=format_components(_components(a)),
-                instruction_2=b["instruction"], components_2=format_components(_components(b)),
-            )
+            req = self.builders["fusion"].request(seed, **task_values(self.templates["fusion"], a, b))
             pair_of[len(requests)] = pair
             requests.append({"k": len(requests), "op": op, "parents": json.dumps([a["id"], b["id"]]), **req})
 
@@ -517,9 +582,12 @@ class TaCIERun:
                 outcome, reason, parsed = "api_error", row["evolve_error"], None
             else:
                 tpl = self.templates["fusion" if op.startswith("fusion") else op]
-                parsed = parse_evolution(row["evolve_text"], tuple(p["instruction"] for p in parents), tpl)
+                elements = [format_components(_components(p), tpl.elements_format) for p in parents]
+                inherit = _components(parents[0]) if len(parents) == 1 else None  # B.3 may leave out unchanged sections
+                parsed = parse_evolution(row["evolve_text"], tuple(p["instruction"] for p in parents), tpl,
+                                         inputs=elements, inherit=inherit)
                 outcome, reason = parsed.outcome, parsed.reason
-                if outcome == "ok" and _cut_off(row["evolve_text"], row["evolve_finish_reason"], parsed.instruction):
+                if outcome == "ok" and cut_off(row["evolve_text"], row["evolve_finish_reason"], parsed.instruction):
                     outcome, reason = "parse_error", "rewritten prompt cut off at max_tokens"
             child_id = ""
             if outcome == "ok":
@@ -663,9 +731,10 @@ class TaCIERun:
             "teacher": {"kind": job.teacher.kind, "model": self.model},
             "scorer": {"backend": job.scorer.backend, "model": str(self.scorer_model),
                        "num_perturbations": job.scorer.num_perturbations, "drop_prob": job.scorer.drop_prob},
-            "templates": {k: {"ref": t.ref, "sha256": t.sha256} for k, t in self.templates.items()},
+            "templates": {k: t.record() for k, t in self.templates.items()},
             "seeds": pool.summary(),
             "collection": self.collection,
+            "diversification": self.diversification,
             "rounds_requested": job.evolution.rounds,
             "rounds_completed": rounds_done,
             "complete": rounds_done == job.evolution.rounds,
@@ -698,14 +767,6 @@ class TaCIERun:
         manifest = _json_safe(manifest)
         self.run.write_manifest(manifest)
         return manifest
-
-
-def _cut_off(answer: str, finish_reason: str, last_piece: str) -> bool:
-    """Whether ``last_piece`` runs to the very end of an answer that stopped at max_tokens."""
-    if finish_reason != "length" or not last_piece.strip():
-        return False
-    tail = " ".join(last_piece.split())[-40:]
-    return " ".join(answer.split()).endswith(tail)
 
 
 def _float(value: Any) -> float:

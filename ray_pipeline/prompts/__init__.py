@@ -2,14 +2,25 @@
 
 Each template is a YAML data file in this folder named ``<name>.v<version>.yaml``
 and is referred to as ``name@vN`` (``if_fusion@v1``). Placeholders are
-``{{variable}}``; values are inserted verbatim, so code with braces or dollar
-signs in an instruction is safe. The SHA-256 of the file's bytes is recorded on
-every output row, so a row always says exactly which prompt produced it.
+``{{variable}}`` (or ``{{ variable }}``, as the papers write them); values are
+inserted verbatim, so code with braces or dollar signs in an instruction is safe.
+A template that takes an instruction's elements (TaCIE) names the layout they
+are written in: ``elements_format: plain`` (``Background Settings:`` and
+``1. item``, the v1 templates) or ``appendix_b`` (``**Background Settings:**``
+and ``1.item``, as in the paper's Appendix B). ``source:`` says where the text
+is from: ``paper`` (word for word; ``tests/test_paper_prompts.py`` compares it
+with ``../shared/papers``), ``authors_code`` (the papers' authors' public code,
+where the paper gives no prompt) or ``project`` (this project's wording, the
+default). ``fusion validate`` and every manifest name the templates a job uses
+and their source, and a run logs a warning for each that is not the papers'.
+The SHA-256 of the file's bytes is recorded on every output row, so a row
+always says exactly which prompt produced it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -19,9 +30,13 @@ import yaml
 
 from ray_pipeline.errors import ConfigError
 
+log = logging.getLogger(__name__)
 _DIR = Path(__file__).resolve().parent
 _REF = re.compile(r"^(?P<name>[a-z][a-z0-9_]*)@v(?P<version>\d+)$")
-_PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+ELEMENTS_FORMATS = ("plain", "appendix_b")
+#: where a template's text comes from: a paper (word for word), the papers' authors' public code, or this project
+SOURCES = ("paper", "authors_code", "project")
 
 
 @dataclass(frozen=True)
@@ -31,6 +46,16 @@ class PromptTemplate:
     variables: tuple[str, ...]
     messages: tuple[tuple[str, str], ...]  # (role, content with {{placeholders}})
     sha256: str
+    elements_format: str = "plain"  # how {{ components }} / {{ extracted }} is laid out (decomposition.format_components)
+    source: str = "project"  # one of SOURCES; a file without `source:` is this project's wording
+
+    @property
+    def from_paper(self) -> bool:
+        return self.source == "paper"
+
+    def record(self) -> dict[str, str]:
+        """What a manifest says about the template: its name, the hash of its file, and where its text is from."""
+        return {"ref": self.ref, "sha256": self.sha256, "source": self.source}
 
     @property
     def ref(self) -> str:
@@ -42,7 +67,7 @@ class PromptTemplate:
             raise KeyError(f"{self.ref}: missing template variables {sorted(missing)}")
 
         def fill(text: str) -> str:
-            return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), text)
+            return PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), text)
 
         return [{"role": role, "content": fill(content)} for role, content in self.messages]
 
@@ -65,11 +90,17 @@ def load_template(ref: str) -> PromptTemplate:
     try:
         messages = tuple((str(msg["role"]), str(msg["content"])) for msg in data["messages"])
         variables = tuple(data.get("variables") or ())
+        elements_format = str(data.get("elements_format", "plain"))
+        if elements_format not in ELEMENTS_FORMATS:
+            raise ValueError(f"elements_format {elements_format!r} is not one of {ELEMENTS_FORMATS}")
+        source = str(data.get("source", "project"))
+        if source not in SOURCES:
+            raise ValueError(f"source {source!r} is not one of {SOURCES}")
         if data["name"] != m["name"] or int(data["version"]) != int(m["version"]):
             raise ValueError("name/version inside the file do not match its file name")
     except (KeyError, TypeError, ValueError) as err:
         raise ConfigError(f"template file {path.name} is malformed: {err}") from None
-    used = {v for _, c in messages for v in _PLACEHOLDER.findall(c)}
+    used = {v for _, c in messages for v in PLACEHOLDER.findall(c)}
     if used != set(variables):
         raise ConfigError(f"template file {path.name}: placeholders {sorted(used)} != variables {sorted(variables)}")
     return PromptTemplate(
@@ -78,4 +109,21 @@ def load_template(ref: str) -> PromptTemplate:
         variables=variables,
         messages=messages,
         sha256=hashlib.sha256(raw).hexdigest(),
+        elements_format=elements_format,
+        source=source,
     )
+
+
+def not_from_papers(templates: dict[str, PromptTemplate]) -> dict[str, str]:
+    """The templates (by role) whose text is not a paper's, with their source."""
+    return {role: f"{t.ref} ({t.source})" for role, t in templates.items() if not t.from_paper}
+
+
+def warn_not_from_papers(templates: dict[str, PromptTemplate]) -> None:
+    """Log one warning naming the templates (for roles the papers give a prompt for) that are not the papers' text."""
+    other = not_from_papers(templates)
+    if other:
+        log.warning(
+            "templates that are not the papers' text: %s (docs/fidelity.md)",
+            ", ".join(f"{role}={what}" for role, what in other.items()),
+        )
