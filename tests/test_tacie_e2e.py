@@ -57,7 +57,7 @@ def _job(tmp: Path, rounds: int) -> Path:
         "teacher": {"kind": "embedded", "max_model_len": 2048},
         # the v1 templates, as in jobs/tacie_quickstart.yaml: Gemma 3 270M parses better with them (docs/fidelity.md);
         # tests/test_tacie_paper_flow.py runs the paper's templates
-        "collection": {"k_min": 2, "k_max": 4, "diversify": 1, "template": "tacie_diversify@v1",
+        "collection": {"k_min": 5, "k_max": 5, "diversify": 1, "template": "tacie_diversify@v1",
                        "sampling": {"temperature": 0.9, "max_tokens": 256}},
         # a 270M base model loops under greedy decoding: sample the decomposition
         "decomposition": {"template": "tacie_decompose@v1", "sampling": {"temperature": 0.7, "max_tokens": 320}},
