@@ -62,7 +62,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from ray_pipeline.echo import ECHO_NGRAM, TemplateEcho, line_key, ngrams, normalise_space, template_echo
+from ray_pipeline.echo import ECHO_NGRAM, TemplateEcho, normalise_space, template_echo  # noqa: F401 (ECHO_NGRAM: documented above)
 from ray_pipeline.parsing import EXPLANATION, LOOP_REPEATS, Outcome, declines, looping, parse_fusion, unwrap_prose_fence
 from ray_pipeline.prompts import PromptTemplate
 
