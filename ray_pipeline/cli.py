@@ -173,49 +173,57 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from ray_pipeline.references import validate_job
+
+    job = load_job(args.job)
+    report = validate_job(job, _full_validation)
+    for line in report["not_checked_offline"]:
+        print(f"not checked offline: {line}", file=sys.stderr)
+    print(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+def _full_validation(job: Any) -> dict[str, Any]:
+    """The kind's preflight, when every input it reads is here (``references.validate_job``)."""
     from ray_pipeline.prompts import load_template, not_from_papers
     from ray_pipeline.seeds import load_seeds
 
-    job = load_job(args.job)
     if job.kind == "tacie":
         from ray_pipeline.pipelines.tacie import preflight
 
         checked = preflight(job)
-        print(json.dumps({
+        return {
             "job": job.name, "kind": job.kind, "seeds": checked.pool.summary(),
             "templates": {k: t.ref for k, t in checked.templates.items()},
             "templates_not_from_papers": not_from_papers(checked.templates),
             "decontaminate": checked.benchmark_prompts, "scorer_model": checked.scorer_model,
-        }, indent=2, default=str))
-        return 0
+        }
     if job.kind == "eval":
         from ray_pipeline.pipelines.evaluation import preflight as eval_preflight
 
         suites, skipped = eval_preflight(job)
-        print(json.dumps({
+        return {
             "job": job.name, "kind": job.kind, "models": [m.label for m in job.models],
             "suites": {s.name: {"tasks": len(s.problems), **({"skipped": skipped[s.name]} if s.name in skipped else {})}
                        for s in suites},
             "samples_per_model": job.sampling.n * sum(len(s.problems) for s in suites if s.name not in skipped),
-        }, indent=2, default=str))
-        return 0
+            "prompt_modes": {m.label: job.prompt_modes(m) for m in job.models},
+        }
     if job.kind == "sft":
         from ray_pipeline.pipelines.sft import preflight as sft_preflight
         from ray_pipeline.pipelines.sft import resolve_strategy
 
         prepared = sft_preflight(job)
-        print(json.dumps({
+        return {
             "job": job.name, "kind": job.kind, "model": prepared.model_path, "strategy": resolve_strategy(job),
             "gradient_accumulation_steps": job.gradient_accumulation_steps, "data": prepared.data_report,
-        }, indent=2, default=str))
-        return 0
+        }
     templates = {"fusion": load_template(job.fusion.template), "response": load_template(job.response.template)}
-    pool = load_seeds(job.seeds)
-    print(json.dumps({
+    pool = load_seeds(job.seeds, job.seed)
+    return {
         "job": job.name, "kind": job.kind, "seeds": pool.summary(),
         "templates": {k: t.ref for k, t in templates.items()}, "templates_not_from_papers": not_from_papers(templates),
-    }, indent=2, default=str))
-    return 0
+    }
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from pydantic import (
 
 from ray_pipeline.errors import ConfigError
 from ray_pipeline.evaluation.problems import LANGUAGE_ALIASES, MULTIPLE_LANGUAGES
+from ray_pipeline.languages import KNOWN_LANGUAGES, canonical_language
 
 
 class _Strict(BaseModel):
@@ -47,7 +48,9 @@ class RowLocation(_Strict):
     hf_config: str | None = None
     split: str = "train"
     format: Literal["auto", "json", "jsonl", "parquet"] = "auto"
-    limit: int | None = Field(None, gt=0, description="keep only the first N valid rows")
+    limit: int | None = Field(
+        None, gt=0, description="keep only the first N valid rows (a seed source: or a random N, see sample)"
+    )
     max_malformed_fraction: float = Field(0.5, ge=0.0, le=1.0)
 
     def location(self) -> dict[str, Any]:
@@ -59,13 +62,71 @@ class SeedSource(RowLocation):
     """One seed pool: a local file or directory, a URL, or a Hugging Face dataset."""
 
     name: str | None = Field(None, description="source label recorded on every seed (default: file stem or dataset id)")
-    domain: Literal["auto", "code", "math", "general"] = "auto"
+    domain: Literal["auto", "code", "math", "general"] = Field(
+        "auto",
+        description="the source's declared domain: forced on every seed's `domain` (auto: detected per row), and "
+        "TaCIE's root domain of every seed of this source (eq. 7's n_root, in- vs cross-domain fusion; "
+        "SeedPool.source_domains)",
+    )
     language: str | None = Field(None, description="force the programming language of every seed")
+    languages: list[str] | None = Field(
+        None, min_length=1,
+        description="keep only rows whose programming language (detected, or forced by `language`) is one of these "
+        "(e.g. [python]: the IF paper's C_PI); rows with no language are dropped; others are counted as "
+        "filtered_language",
+    )
+    exclude_languages: list[str] | None = Field(
+        None, min_length=1,
+        description="drop rows whose programming language is one of these (e.g. [python]: the IF paper's C_NPI, "
+        "rows with no language included)",
+    )
+    sample: Literal["first", "random"] = Field(
+        "first",
+        description="which `limit` rows are kept: the first N valid, non-duplicate rows, or a uniformly random N of "
+        "them (seeded by the job seed and the source label; kept in file order)",
+    )
+    clusters: int | None = Field(
+        None, gt=0,
+        description="TaCIE seed collection: k-means clusters for this source (one seed kept per cluster; capped at "
+        "its seed count), instead of the elbow over collection.k_min..k_max (tacie.txt 2.4: 3,000 / 1,500)",
+    )
 
     @model_validator(mode="after")
     def _one_location(self) -> "SeedSource":
         if (self.path is None) == (self.hf is None):
             raise ValueError("give exactly one of 'path' or 'hf'")
+        return self
+
+    @field_validator("languages", "exclude_languages")
+    @classmethod
+    def _known_languages(cls, value: list[str] | None) -> list[str] | None:
+        """Canonical names (``Python`` -> ``python``, ``C++`` -> ``cpp``); an unknown name is an error."""
+        if value is None:
+            return None
+        canonical = [canonical_language(name) for name in value]
+        unknown = [name for name, lang in zip(value, canonical) if lang not in KNOWN_LANGUAGES]
+        if unknown:
+            raise ValueError(
+                f"unknown language{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                f"(known: {', '.join(sorted(KNOWN_LANGUAGES))})"
+            )
+        return list(dict.fromkeys(canonical))
+
+    @model_validator(mode="after")
+    def _filters(self) -> "SeedSource":
+        if self.languages is not None and self.exclude_languages is not None:
+            raise ValueError("give at most one of 'languages' and 'exclude_languages'")
+        if self.sample == "random" and self.limit is None:
+            raise ValueError("sample: random needs a limit (the number of rows drawn)")
+        if self.language is not None:
+            forced = canonical_language(self.language)
+            kept = forced in self.languages if self.languages is not None else True
+            if not kept or forced in (self.exclude_languages or []):
+                raise ValueError(
+                    f"language {self.language!r} is forced on every row, so the language filter would keep none"
+                )
+        elif self.domain == "math" and self.languages is not None:
+            raise ValueError("domain: math seeds get no programming language, so 'languages' would keep none")
         return self
 
     @property
@@ -224,13 +285,6 @@ class _JobBase(_JobCommon):
         return _teacher_shorthand(value)
 
 
-class InstructionFusionJob(_JobBase):
-    kind: Literal["instruction_fusion"]
-    fusion: FusionConfig
-    response: ResponseConfig = Field(default_factory=ResponseConfig)
-
-
-# ------------------------------------------------------------------- TaCIE
 class EmbeddingConfig(_Strict):
     """Sentence embeddings for clustering, diversity and near-duplicate removal."""
 
@@ -242,6 +296,18 @@ class EmbeddingConfig(_Strict):
     device: str = Field("cpu", description="'cpu', 'cuda' or 'auto'")
 
 
+class InstructionFusionJob(_JobBase):
+    kind: Literal["instruction_fusion"]
+    fusion: FusionConfig
+    response: ResponseConfig = Field(default_factory=ResponseConfig)
+    diversity: bool = Field(
+        True, description="diversity U (eq. 8-10) of the seeds, the fused instructions and both in the manifest, "
+        "as the IF paper's analysis (section 3); embeds every seed and fused instruction",
+    )
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+
+
+# ------------------------------------------------------------------- TaCIE
 class CollectionConfig(_Strict):
     """Seed collection (one seed per embedding cluster and source) and diversification."""
 
@@ -275,8 +341,14 @@ class ScorerConfig(_Strict):
 
     backend: Literal["hf", "vllm"] = Field("hf", description="Hugging Face transformers, or vLLM prompt_logprobs")
     model: str | None = Field(None, description="local path or hub id (default: the bundled Gemma 3 270M)")
-    num_perturbations: int = Field(10, gt=0, description="N_U: word-dropped copies of each instruction")
-    drop_prob: float = Field(0.2, gt=0.0, lt=1.0, description="probability that a word is dropped")
+    num_perturbations: int = Field(10, gt=0, description="N_U of eq. 2: word-dropped copies of each instruction "
+                                   "(the paper gives no number; 10 is the authors' code)")
+    drop_prob: float = Field(0.2, gt=0.0, lt=1.0, description="probability that a word is dropped (the paper: "
+                             "'a certain percentage of words'; 0.2 is the authors' code)")
+    probability: Literal["token_mean", "product"] = Field(
+        "token_mean", description="q of eq. 3: token_mean, exp of the mean token log-probability (the authors' code: "
+        "exp(-loss)); product, the literal P(r|c), which vanishes for long responses",
+    )
     batch_size: int = Field(8, gt=0, description="sequences per forward pass (hf) or per engine call (vllm)")
     max_length: int = Field(2048, gt=0, description="longest instruction+response scored, in tokens (longer: truncated response)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
@@ -295,9 +367,23 @@ class EvolutionConfig(_Strict):
     """Rounds of depth evolution and task fusion (TaCIE section 3, Algorithm 1)."""
 
     rounds: int = Field(6, ge=0)
-    depth_per_round: int | None = Field(None, ge=0, description="depth evolutions per round (default: half the evolvable pool)")
-    fusion_per_round: int | None = Field(None, ge=0, description="task fusions per round (default: half the evolvable pool)")
-    token_limit: int = Field(4000, gt=0, description="an instruction longer than this (scorer tokens) stops evolving")
+    depth_per_round: int | None = Field(
+        None, ge=0, description="M_d, depth evolutions drawn per round (eq. 5); default: a sixth of round 0's pool, "
+        "the paper's 8,000 per round from 48,000 (the authors' code sets 8,000)",
+    )
+    fusion_per_round: int | None = Field(
+        None, ge=0, description="M_f, task-fusion pairs drawn per round (Algorithm 1); default: a sixth of round 0's pool",
+    )
+    exclude_used_pairs: bool = Field(
+        False, description="never draw a pair fused in an earlier round again (not in the paper, which allows it)",
+    )
+    root_domain: Literal["domain", "source"] = Field(
+        "domain", description="the root domain of eq. 7's n_root and of in-/cross-domain fusion: the seed source's "
+        "declared domain (paper: coding, math, ...), or the source itself (the authors' code: ShareGPT, MATH, ...)",
+    )
+    token_limit: int = Field(4000, gt=0, description="an instruction longer than this (scorer tokens) stops evolving "
+                             "(not in the paper; the authors' code ends items whose instruction + response pass 4,000 "
+                             "cl100k tokens)")
     depth_template: str = Field(
         "tacie_depth@v2",
         description="Appendix B.3's one template, in which the teacher picks the method; with depth_background_template "
@@ -378,18 +464,98 @@ class SFTModelConfig(_Strict):
     gradient_checkpointing: bool = False
 
 
+#: operations of an IF / TaCIE run's items (TaCIE's ``operation`` column; every IF item is a ``fusion``)
+RUN_OPERATIONS = ("seed", "diversify", "depth", "depth_constraint", "depth_background", "fusion",
+                  "fusion_in_domain", "fusion_cross_domain")
+#: a name that also selects its kinds: ``depth`` every depth evolution, ``fusion`` every fusion
+OPERATION_GROUPS = {
+    "depth": ("depth", "depth_constraint", "depth_background"),
+    "fusion": ("fusion", "fusion_in_domain", "fusion_cross_domain"),
+}
+
+
+class SFTSelect(_Strict):
+    """Items of a run chosen by lineage before ``fraction``/``rows`` sampling (the papers' ablations).
+
+    Only kept items are candidates (those in the run's SFT file); every criterion given must hold.
+    TaCIE-LLaMA-3-id / -cd (tacie.txt section 3.3): ``operations: [fusion_in_domain]`` /
+    ``[fusion_cross_domain]`` with ``rows: 10000``; the domain-specific sets (section 3.2):
+    ``root_domains: [math], single_domain: true``.
+    """
+
+    operations: list[str] | None = Field(
+        None, min_length=1,
+        description="item operations: seed, diversify, depth (any depth kind), depth_constraint, depth_background, "
+                    "fusion (any fusion, and every IF item), fusion_in_domain, fusion_cross_domain",
+    )
+    rounds: list[int] | None = Field(
+        None, min_length=1,
+        description="evolution rounds: 0 = seeds and their diversifications, 1.. = evolved; an IF run's fused "
+                    "instructions are round 1 (one fusion of two seeds)",
+    )
+    sources: list[str] | None = Field(
+        None, min_length=1,
+        description="seed-source labels: an item is kept when it and every ancestor (parent_ids) come from these "
+                    "sources (an IF item: both of its seeds)",
+    )
+    root_domains: list[str] | None = Field(
+        None, min_length=1,
+        description="the item's root domain (TaCIE's root_domain column: its first parent's, as Algorithm 1 "
+                    "designates; an IF item: its first seed's domain)",
+    )
+    single_domain: bool = Field(
+        False,
+        description="only items whose whole evolution history (the item and every ancestor) stays in one root "
+                    "domain: TaCIE's domain-specific experiments (tacie.txt section 3.2)",
+    )
+
+    @field_validator("operations")
+    @classmethod
+    def _known_operations(cls, value: list[str] | None) -> list[str] | None:
+        unknown = [op for op in value or [] if op not in RUN_OPERATIONS]
+        if unknown:
+            raise ValueError(f"unknown operation {unknown[0]!r} (known: {', '.join(RUN_OPERATIONS)})")
+        return value
+
+    @field_validator("rounds")
+    @classmethod
+    def _rounds(cls, value: list[int] | None) -> list[int] | None:
+        negative = [r for r in value or [] if r < 0]
+        if negative:
+            raise ValueError(f"round {negative[0]} is negative (round 0 = the seed pool, 1.. = evolution rounds)")
+        return value
+
+    def operation_names(self) -> set[str] | None:
+        """The ``operation`` values selected, each group name expanded to its kinds."""
+        if self.operations is None:
+            return None
+        return {kind for op in self.operations for kind in OPERATION_GROUPS.get(op, (op,))}
+
+
 class SFTDataSource(RowLocation):
     """One SFT source: a run directory of an IF / TaCIE job, a file or directory, a URL, or a hub dataset.
 
     Rows are read by the seed reader (Alpaca, OpenAI ``messages``, ShareGPT, GSM8K, ...);
     a row needs an instruction and a response. ``fraction`` scales the rows taken
     (0 leaves the source out: the papers' ablation; 2 repeats it twice); ``rows`` takes an exact count.
+    ``select`` (a run only) first keeps the run's items by operation, round, source and domain.
     """
 
     run: str | None = Field(None, description="run directory of an IF or TaCIE job (relative to the current directory, like output_dir)")
     name: str | None = Field(None, description="label in the data report (default: the run's name or the file stem)")
     fraction: float | None = Field(None, ge=0.0, description="rows taken = round(fraction x rows available); default 1")
     rows: int | None = Field(None, ge=0, description="rows taken (sampled without replacement, then repeated if larger)")
+    select: SFTSelect | None = Field(None, description="run sources only: keep items by lineage before fraction/rows")
+    # the seed reader's row filters, as on a seed source (SeedSource): e.g. C_PI of the IF paper
+    languages: list[str] | None = Field(
+        None, min_length=1, description="keep only rows of these programming languages (as SeedSource.languages)"
+    )
+    exclude_languages: list[str] | None = Field(
+        None, min_length=1, description="drop rows of these programming languages (as SeedSource.exclude_languages)"
+    )
+    sample: Literal["first", "random"] = Field(
+        "first", description="which `limit` rows are read: the first N or a seeded random N (as SeedSource.sample)"
+    )
 
     @model_validator(mode="after")
     def _one_location(self) -> "SFTDataSource":
@@ -397,6 +563,19 @@ class SFTDataSource(RowLocation):
             raise ValueError("give exactly one of 'run', 'path' or 'hf'")
         if self.fraction is not None and self.rows is not None:
             raise ValueError("give at most one of 'fraction' or 'rows'")
+        if self.languages is not None or self.exclude_languages is not None or self.sample != "first":
+            # the seed source's own rules (known language names, one filter, random needs a limit)
+            try:
+                view = SeedSource(path="-", limit=self.limit, languages=self.languages,
+                                  exclude_languages=self.exclude_languages, sample=self.sample)
+            except ValidationError as err:
+                raise ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())) from None
+            self.languages, self.exclude_languages = view.languages, view.exclude_languages
+        if self.select is not None and self.run is None:
+            raise ValueError(
+                "select: needs a 'run:' source (an IF or TaCIE run directory, whose items record operation, round, "
+                "source and parents); a file or hub dataset has no lineage"
+            )
         return self
 
     @property
@@ -551,6 +730,12 @@ class EvalBenchmarkConfig(_Strict):
     languages: list[str] = Field(default_factory=lambda: list(MULTIPLE_LANGUAGES), description="multiple only")
     limit: int | None = Field(None, gt=0, description="the first N tasks (per language)")
     tasks: list[str] | None = Field(None, min_length=1, description="only these task ids")
+    prompt: Literal["completion", "chat"] | None = Field(
+        None,
+        description="how every model is asked on this benchmark, overriding the model's own prompt (null: the "
+                    "model's). The IF paper scored MultiPL-E in completion mode (bigcode-evaluation-harness, Table 3) "
+                    "and HumanEval(+)/MBPP(+) as instructions (evalplus)",
+    )
 
     @field_validator("languages", mode="before")
     @classmethod
@@ -652,6 +837,10 @@ class EvalJob(_JobCommon):
         if twice:
             raise ValueError(f"benchmarks: {twice[0]!r} listed twice")
         return self
+
+    def prompt_modes(self, model: EvalModelConfig) -> dict[str, str]:
+        """{benchmark: completion|chat} for one model: the benchmark's ``prompt`` where set, else the model's."""
+        return {b.name: b.prompt or model.prompt for b in self.benchmarks}
 
 
 def _label_for(model: str) -> str:

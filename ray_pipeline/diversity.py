@@ -1,18 +1,22 @@
 """Diversity of an instruction pool: the variance of nearest-neighbour distances.
 
-TaCIE (Yang et al. 2024, arXiv 2410.02795) measures how diverse a set of
-instructions is as
+Both papers measure how uniformly a set of instructions covers the embedding
+space with the same statistic (TaCIE, tacie.txt appendix A.1, eq. 8-10; it
+cites Instruction Fusion, instruction-fusion.txt section 3):
 
-    U = Var_i [ d(x_i, NN(x_i)) ],
+    U = 1/N sum_i (d_i - mu)^2       (eq. 8)
+    d_i = || e_i - e_i^NN ||          (eq. 9, Euclidean, to the nearest other instruction)
+    mu = 1/N sum_i d_i                (eq. 10)
 
-the variance, over the instructions ``x_i``, of the distance from each
-instruction's embedding to the embedding of its nearest neighbour in the set.
-Here the embeddings are all-MiniLM-L6-v2 (:mod:`ray_pipeline.embeddings`) and
-``d`` is the cosine distance ``1 - cos``; for unit vectors the Euclidean
-distance is ``sqrt(2 (1 - cos))``, so both find the same nearest neighbour.
+Lower U is a more uniform spread. The embeddings are all-MiniLM-L6-v2
+(:mod:`ray_pipeline.embeddings`), unit vectors, so the nearest neighbour by
+Euclidean distance is the most cosine-similar one and ``d = sqrt(2 (1 - cos))``.
+``metric="cosine"`` gives ``d = 1 - cos`` instead (this project's figures before
+the paper's distance was restored; not comparable with the papers' 0.0316 /
+0.0431).
 
 Nearest neighbours are found by exact search in chunks of rows, so a pool of
-100k x 384 never builds an n x n similarity matrix at once.
+100k x 384 never builds an n x n matrix at once.
 """
 
 from __future__ import annotations
@@ -62,21 +66,51 @@ def nearest(X: np.ndarray, Y: np.ndarray | None = None) -> tuple[np.ndarray, np.
     return best, index
 
 
-def nn_distances(X: np.ndarray, Y: np.ndarray | None = None) -> np.ndarray:
-    """Cosine distance ``1 - cos`` from each row of ``X`` to its nearest other row of ``X``
-    (or its nearest row of ``Y``); ``nan`` for a row with no candidate."""
-    sims, _ = nearest(X, Y)
-    distances = np.clip(1.0 - sims.astype(np.float64), 0.0, 2.0)
-    distances[np.isinf(sims)] = np.nan
+def _nearest_euclidean(X: np.ndarray, Y: np.ndarray | None = None) -> np.ndarray:
+    """Euclidean distance from each row of ``X`` to its nearest other row of ``X`` (or row of ``Y``)."""
+    X = np.asarray(X, dtype=np.float64)
+    R = X if Y is None else np.asarray(Y, dtype=np.float64)
+    if X.ndim != 2 or R.ndim != 2:
+        raise ValueError(f"expected 2-d arrays of embeddings, got shapes {X.shape} and {R.shape}")
+    if R.shape[1] != X.shape[1]:
+        raise ValueError(f"dimension mismatch: {X.shape[1]} vs {R.shape[1]}")
+    n, m = len(X), len(R)
+    best = np.full(n, np.inf)
+    if m == 0:
+        return best
+    sq_x, sq_r = (X * X).sum(axis=1), (R * R).sum(axis=1)
+    step = max(1, CHUNK_ELEMENTS // m)
+    for start in range(0, n, step):
+        d2 = sq_x[start:start + step, None] + sq_r[None, :] - 2.0 * (X[start:start + step] @ R.T)
+        if Y is None:
+            rows = np.arange(len(d2))
+            d2[rows, start + rows] = np.inf
+        best[start:start + step] = d2.min(axis=1)
+    return np.sqrt(np.maximum(best, 0.0))
+
+
+def nn_distances(X: np.ndarray, Y: np.ndarray | None = None, metric: str = "euclidean") -> np.ndarray:
+    """Distance from each row of ``X`` to its nearest other row of ``X`` (or its nearest row of
+    ``Y``): Euclidean (eq. 9), or ``1 - cos`` with ``metric="cosine"``; ``nan`` for a row with no
+    candidate."""
+    if metric == "euclidean":
+        distances = _nearest_euclidean(X, Y)
+    elif metric == "cosine":
+        sims, _ = nearest(X, Y)
+        distances = np.clip(1.0 - sims.astype(np.float64), 0.0, 2.0)
+        distances[np.isinf(sims)] = np.inf
+    else:
+        raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+    distances[np.isinf(distances)] = np.nan
     return distances
 
 
-def diversity_u(X: np.ndarray) -> float:
-    """TaCIE's diversity U: population variance of the nearest-neighbour cosine distances
-    within ``X``; ``nan`` for fewer than two rows."""
+def diversity_u(X: np.ndarray, metric: str = "euclidean") -> float:
+    """U of eq. 8-10: the population variance of the nearest-neighbour distances within ``X``
+    (Euclidean by default, as both papers); ``nan`` for fewer than two rows."""
     if len(X) < 2:
         return float("nan")
-    return float(np.var(nn_distances(X)))
+    return float(np.var(nn_distances(X, metric=metric)))
 
 
 def most_dissimilar(anchor: np.ndarray, X: np.ndarray, k: int) -> list[int]:

@@ -1,50 +1,64 @@
-"""Which items evolve in a TaCIE round: depth candidates and task-fusion pairs.
+"""Which items evolve in a TaCIE round: depth candidates (eq. 4-5) and task-fusion pairs (eq. 6-7, Algorithm 1).
 
-Source: Yang et al. 2024, "Task-Centred Instruction Evolution" (TaCIE,
-arXiv 2410.02795), equations 4-7 and Algorithm 1. Each evolvable item ``i`` of
-the pool C(t) carries its uncertainty ``u_i >= 0``, ``n_c,i`` (times it was
-already a fusion parent), ``n_obj,i`` (its number of objectives; a fused child
-has the union of its parents' objectives) and its root domain ``r_i``;
-``n_root,i`` is the number of evolvable items in the pool with root domain
-``r_i`` (always recomputed from the pool passed in).
+Source: Yang et al. 2024, "Task-Centred Instruction Evolution" (TaCIE, arXiv
+2410.02795), section 2.3, equation numbers as printed (../shared/papers/tacie.txt
+lines 100-150). Each evolvable item ``i`` of the round's pool C^t carries its
+uncertainty ``u_i >= 0`` (eq. 2), ``n_c,i`` (how many fusions it has seeded),
+``n_obj,i`` (its number of objectives) and its root domain; ``n_root,i`` is the
+number of evolvable items of the pool in ``i``'s root domain, recounted from the
+pool passed in.
 
-* Eq. 4, depth evolution: ``p_i = u_i / sum_k u_k``; the round's ``k_depth``
-  depth candidates are a multinomial draw (with replacement) over ``p``.
-* Eq. 5, fusion score: ``s_i = 1 / ((n_c,i + 1) * n_obj,i * n_root,i * u_i)``:
-  rare root domains and less-fused, simpler, more certain items are preferred.
-* Eq. 6, fusion probability: ``q_i = s_i / sum_k s_k`` over the candidate set
-  being drawn from.
-* Algorithm 1, one round of ``k_fusion`` pairs: ``k_fusion // 2`` cross-domain
-  pairs and the rest in-domain. An in-domain pair draws its first parent ``i``
-  by eq. 6 over the items whose root domain has at least two items, then its
-  second parent ``j`` by eq. 6 over the other items of root domain ``r_i``. A
-  cross-domain pair draws ``i`` over the items whose root domain is not the
-  only one present, then ``j`` over the items with ``r_j != r_i``. The child
-  takes the first parent's root domain. With a single root domain the
-  cross-domain slots become in-domain ones (reported in the result).
-* Eq. 7, after a round: each fusion parent's ``n_c`` grows by one per pair it
-  was in; children start at ``n_c = 0`` with ``n_obj`` of their own (for a
-  fused child, the union of its parents' objectives: :func:`union_objectives`);
-  ``n_root`` follows from the new pool.
+* Eq. 4, depth weights: ``p_i^depth = u_i / sum_k u_k``.
+* Eq. 5, depth candidates: ``C^depth ~ Multinomial(M_d, p^depth)`` (the paper
+  writes ``M_e`` there and ``M_d`` later); drawn as ``M_d`` ordered draws with
+  replacement, whose counts are that multinomial.
+* Eq. 6, fusion weights: ``p_i^fuse = s_i / sum_k s_k``.
+* Eq. 7, punished uncertainty: ``s_i = 1 / ((n_c,i + 1) * n_obj,i * n_root,i * u_i)``.
+* Algorithm 1, task fusion sampling (:func:`sample_fusion_pairs`): ``C_a`` is
+  ``M_f`` ordered draws from ``p^fuse``, drawn once. Then, while either half is
+  short, ``remain = M_f - |pairs|`` candidates ``C_b`` are drawn from
+  ``p^fuse``; each ``c_b`` is set against ``c_a = C_a[idx]``: the same root
+  domain makes an in-domain pair if the in-domain half is not full, another
+  root domain a cross-domain pair if that half is not full; otherwise ``c_b`` is
+  passed over. A pair made moves ``idx`` on. The child's root domain is
+  ``c_a``'s. So a root domain's share of the in-domain pairs made while both
+  halves are open goes with the square of its mass under ``p^fuse``.
 
-Guards: ``u`` and ``n_obj`` are floored (at :data:`EPSILON` and 1), so an item
+Where the printed algorithm is silent or cannot end, this module decides (each
+choice is listed in docs/fidelity.md):
+
+* Halves: ``M_f // 2`` in-domain and the rest (``M_f - M_f // 2``) cross-domain,
+  as the authors' ``sample_fuse`` does; the printed test ``< M_f / 2`` cannot
+  stop at ``M_f`` pairs when ``M_f`` is odd.
+* Pairs are a set, as printed (``pairs_in U {(c_a, c_b)}``) and as the authors
+  keep them: ``c_b == c_a`` and a pair already made this round are passed over.
+* A pool with one root domain cannot make a cross-domain pair: its cross-domain
+  half becomes in-domain (``cross_as_in_domain``); a pool whose root domains all
+  hold one item cannot make an in-domain pair: that half becomes cross-domain
+  (``in_as_cross_domain``).
+* Stall: a ``c_a`` for which no ``c_b`` can make a pair (its domain holds no
+  other item, or every partner is used, and the other half is full) would hold
+  the loop forever. It is replaced by a fresh draw from ``p^fuse`` restricted to
+  the items that can still make a pair (``replaced_first``); when none can, the
+  round ends short (``short``).
+* Long waits: after :data:`REDRAW_LIMIT` passed-over ``c_b`` in a row for the
+  same ``c_a``, its partner is drawn directly from ``p^fuse`` restricted to the
+  ``c_b`` that would make a pair, the exact law of redrawing until one does.
+* Pairs fused in earlier rounds (``exclude``) are allowed by the paper; the
+  pipeline passes them only with ``evolution.exclude_used_pairs`` (off by
+  default). Excluded pairs are passed over like pairs of this round.
+
+Guards: ``u`` is floored at :data:`EPSILON` and ``n_obj`` at 1, so an item
 with ``u = 0`` keeps a small chance of depth evolution, an all-zero pool draws
 uniformly, and ``s`` stays finite. A negative, nan or infinite ``u`` (or a
 negative count) raises :class:`ValueError` naming the item: it is a bug
-upstream, not a user error.
-
-No unordered pair is drawn twice in a round, nor any pair in ``exclude``
-(pairs of ids fused in earlier rounds). A draw that hits a used pair is
-redrawn; this module samples that outcome exactly instead of looping: the
-pair is drawn from ``q_i * q_j|i`` restricted to the pairs still free, so a
-first parent whose partners are all used can no longer be drawn, and a kind
-with no free pair left ends the round short (counted in the result).
-
-All randomness comes from the ``numpy.random.Generator`` passed in.
+upstream, not a user error. All randomness comes from the
+``numpy.random.Generator`` passed in.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
@@ -52,40 +66,47 @@ from typing import Iterable, Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 
-EPSILON = 1e-6  # floor of u in eq. 4 and eq. 5
-# A difference of score sums below this fraction of the sums is recomputed directly.
-_CANCELLATION = 1e-9
+EPSILON = 1e-6  # floor of u in eq. 4 and eq. 7
+#: passed-over c_b in a row for one c_a before its partner is drawn directly (the same law, sooner)
+REDRAW_LIMIT = 1000
+#: the paper's ratio of per-round evolutions to the round-0 pool: 8,000 depth + 8,000 fusion per round
+#: (the authors' code) from 48,000 round-0 instructions (tacie.txt section 2.4)
+DEFAULT_ROUND_FRACTION = 1 / 6
 
 
 @dataclass(frozen=True)
 class EvolvableItem:
     id: str
     uncertainty: float
-    n_fusions: int
-    n_objectives: int
+    n_fusions: int  # n_c
+    n_objectives: int  # n_obj
     root_domain: str
 
 
 @dataclass(frozen=True)
 class FusionPair:
-    """Indices into the item list; ``first`` is the parent drawn first."""
+    """Indices into the item list: ``first`` is c_a, ``second`` c_b."""
 
     first: int
     second: int
     cross_domain: bool
-    root_domain: str  # the child's: the first parent's root domain
+    root_domain: str  # the child's: c_a's root domain
 
 
 @dataclass(frozen=True)
 class FusionDraw:
-    """One round's fusion pairs (Algorithm 1) and what could not be drawn."""
+    """One round's fusion pairs (Algorithm 1) and how they were drawn."""
 
     pairs: tuple[FusionPair, ...]
-    in_domain_slots: int  # after moving cross-domain slots on a single root domain
+    in_domain_slots: int  # the in-domain half, after moving slots no pool could fill
     cross_domain_slots: int
-    short_in_domain: int  # slots left empty: no free pair of that kind
+    short_in_domain: int  # slots left empty: no item could make a pair of that kind
     short_cross_domain: int
-    cross_as_in_domain: int  # cross-domain slots filled in-domain (fewer than two root domains)
+    cross_as_in_domain: int  # cross-domain slots made in-domain (a single root domain)
+    in_as_cross_domain: int  # in-domain slots made cross-domain (no root domain holds two items)
+    replaced_first: int  # c_a that could make no pair, replaced by a fresh draw
+    direct_partners: int  # partners drawn directly after REDRAW_LIMIT passes
+    draws: int  # c_b drawn in all
 
     @property
     def shortfall(self) -> int:
@@ -97,9 +118,17 @@ def pair_key(a: str, b: str) -> tuple[str, str]:
     return (a, b) if a <= b else (b, a)
 
 
+def round_amount(configured: int | None, round0_pool: int) -> int:
+    """M_d or M_f of a round: the configured number, else :data:`DEFAULT_ROUND_FRACTION` of
+    the round-0 pool (at least 1): the paper's 8,000 of 48,000."""
+    if configured is not None:
+        return configured
+    return max(1, math.ceil(round0_pool * DEFAULT_ROUND_FRACTION))
+
+
 def union_objectives(first: Sequence[str], second: Sequence[str]) -> list[str]:
-    """A fused child's objectives (eq. 7): both parents', in order, without repeats
-    (compared case- and whitespace-insensitively)."""
+    """Both parents' objectives, in order, without repeats (compared case- and
+    whitespace-insensitively)."""
     seen: set[str] = set()
     out: list[str] = []
     for objective in [*first, *second]:
@@ -123,7 +152,7 @@ def _floored_uncertainty(u: ArrayLike, names: Sequence[str] | None = None) -> np
 
 
 def depth_probabilities(u: ArrayLike, names: Sequence[str] | None = None) -> np.ndarray:
-    """Eq. 4: ``p_i = u_i / sum_k u_k`` with ``u`` floored at :data:`EPSILON`."""
+    """Eq. 4: ``p_i^depth = u_i / sum_k u_k`` with ``u`` floored at :data:`EPSILON`."""
     floored = _floored_uncertainty(u, names)
     return floored / floored.sum()
 
@@ -142,7 +171,7 @@ def _counts(items: Sequence[EvolvableItem], field: str) -> np.ndarray:
 
 
 def fusion_scores(items: Sequence[EvolvableItem]) -> np.ndarray:
-    """Eq. 5: ``s_i = 1 / ((n_c,i + 1) * n_obj,i * n_root,i * u_i)``, ``n_obj`` floored
+    """Eq. 7: ``s_i = 1 / ((n_c,i + 1) * n_obj,i * n_root,i * u_i)``, ``n_obj`` floored
     at 1 and ``u`` at :data:`EPSILON`; ``n_root`` counted over ``items``."""
     u = _floored_uncertainty([item.uncertainty for item in items], [item.id for item in items])
     n_c = _counts(items, "n_fusions")
@@ -152,100 +181,22 @@ def fusion_scores(items: Sequence[EvolvableItem]) -> np.ndarray:
     return 1.0 / ((n_c + 1.0) * n_obj * n_root * u)
 
 
-def fusion_probabilities(scores: ArrayLike, candidates: ArrayLike) -> np.ndarray:
-    """Eq. 6: ``q_i = s_i / sum s`` over the candidates (a boolean mask); 0 elsewhere."""
-    s = np.asarray(scores, dtype=float)
-    weights = np.where(np.asarray(candidates, dtype=bool), s, 0.0)
-    total = weights.sum()
-    if total <= 0:
-        raise ValueError("no fusion candidates")
-    return weights / total
+def fusion_probabilities(items: Sequence[EvolvableItem]) -> np.ndarray:
+    """Eq. 6: ``p_i^fuse = s_i / sum_k s_k`` over the pool."""
+    s = fusion_scores(items)
+    return s / s.sum()
 
 
-def sample_depth(items: Sequence[EvolvableItem], k: int, rng: np.random.Generator) -> list[int]:
-    """Eq. 4: indices of ``k`` depth-evolution candidates, drawn with replacement."""
-    if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}")
-    if k == 0:
+def sample_depth(items: Sequence[EvolvableItem], m_d: int, rng: np.random.Generator) -> list[int]:
+    """Eq. 5: ``C^depth ~ Multinomial(M_d, p^depth)``, as ``M_d`` ordered draws with replacement."""
+    if m_d < 0:
+        raise ValueError(f"M_d must be >= 0, got {m_d}")
+    if m_d == 0:
         return []
     if not items:
         raise ValueError("no evolvable items to draw depth candidates from")
     p = depth_probabilities([item.uncertainty for item in items], [item.id for item in items])
-    return [int(i) for i in rng.choice(len(items), size=k, replace=True, p=p)]
-
-
-def _pick(weights: np.ndarray, rng: np.random.Generator) -> int:
-    """One index drawn with probability proportional to ``weights`` (some > 0)."""
-    cumulative = np.cumsum(weights)
-    n = int(np.searchsorted(cumulative, rng.random() * cumulative[-1], side="right"))
-    # Rounding can land on the end; step back to the last index with weight.
-    return n if n < len(weights) else int(np.flatnonzero(weights)[-1])
-
-
-class _PairKind:
-    """Draws of one kind of pair (in- or cross-domain) from the pairs still free.
-
-    For first parent ``i`` the partners' total score ``mass[i]`` (eq. 6's
-    denominator for the second parent) and count are fixed; ``used_mass`` and
-    ``used_count`` track the partners already paired with ``i``. The first
-    parent is drawn with weight ``s_i * free_mass_i / mass_i`` = ``q_i`` times the
-    probability that its partner draw lands on a free pair, which is exactly
-    the law of "redraw the pair until it is free".
-    """
-
-    def __init__(self, s: np.ndarray, dom: np.ndarray, cross: bool, partners: dict[int, set[int]]):
-        self.s, self.dom, self.cross, self.partners = s, dom, cross, partners
-        dom_mass = np.bincount(dom, weights=s, minlength=int(dom.max(initial=-1)) + 1)
-        dom_n = np.bincount(dom, minlength=len(dom_mass))
-        if cross:
-            self.scale = np.full(len(s), s.sum())
-            self.mass = self.scale - dom_mass[dom]
-            self.count = len(s) - dom_n[dom]
-        else:
-            self.scale = dom_mass[dom]
-            self.mass = self.scale - s
-            self.count = dom_n[dom] - 1
-        # Where the item's own score dwarfs the rest, the difference has lost its
-        # precision: sum the partners directly.
-        for i in np.flatnonzero((self.count > 0) & (self.mass <= _CANCELLATION * self.scale)):
-            self.mass[i] = self._partner_weights(int(i), free_only=False).sum()
-        self.used_mass = np.zeros(len(s))
-        self.used_count = np.zeros(len(s), dtype=np.int64)
-        for i, js in partners.items():
-            for j in js:
-                self._add(i, j)
-
-    def _allows(self, i: int, j: int) -> bool:
-        return i != j and (self.dom[i] != self.dom[j]) == self.cross
-
-    def _add(self, i: int, j: int) -> None:
-        if self._allows(i, j):
-            self.used_mass[i] += self.s[j]
-            self.used_count[i] += 1
-
-    def record(self, i: int, j: int) -> None:
-        self._add(i, j)
-        self._add(j, i)
-
-    def _partner_weights(self, i: int, free_only: bool = True) -> np.ndarray:
-        mask = (self.dom != self.dom[i]) if self.cross else (self.dom == self.dom[i])
-        mask[i] = False
-        if free_only:
-            mask[list(self.partners.get(i, ()))] = False
-        return np.where(mask, self.s, 0.0)
-
-    def draw(self, rng: np.random.Generator) -> tuple[int, int] | None:
-        free = self.count > self.used_count
-        if not free.any():
-            return None
-        free_mass = self.mass - self.used_mass
-        # Where most of the partners' mass is used, likewise sum the free ones.
-        for i in np.flatnonzero(free & (free_mass <= _CANCELLATION * self.mass)):
-            free_mass[i] = self._partner_weights(int(i)).sum()
-        weights = np.zeros(len(self.s))
-        np.divide(self.s * free_mass, self.mass, out=weights, where=free)
-        i = _pick(weights, rng)
-        return i, _pick(self._partner_weights(i), rng)
+    return [int(i) for i in rng.choice(len(items), size=m_d, replace=True, p=p)]
 
 
 def _check_unique_ids(items: Sequence[EvolvableItem]) -> None:
@@ -256,57 +207,172 @@ def _check_unique_ids(items: Sequence[EvolvableItem]) -> None:
         seen.add(item.id)
 
 
+class _Pairs:
+    """The pairs of one round so far, with what each item can still be paired with."""
+
+    def __init__(self, dom: np.ndarray, exclude: set[tuple[int, int]]):
+        self.dom = dom
+        n = len(dom)
+        dom_n = np.bincount(dom, minlength=int(dom.max(initial=-1)) + 1)
+        self.in_total = dom_n[dom] - 1  # possible in-domain partners of each item
+        self.cross_total = n - dom_n[dom]
+        self.used_in = np.zeros(n, dtype=np.int64)
+        self.used_cross = np.zeros(n, dtype=np.int64)
+        self.taken: set[tuple[int, int]] = set()
+        for a, b in exclude:
+            self._take(a, b)
+
+    def _take(self, a: int, b: int) -> None:
+        key = (a, b) if a <= b else (b, a)
+        if a == b or key in self.taken:
+            return
+        self.taken.add(key)
+        used = self.used_cross if self.dom[a] != self.dom[b] else self.used_in
+        used[a] += 1
+        used[b] += 1
+
+    def free(self, a: int, b: int) -> bool:
+        return a != b and ((a, b) if a <= b else (b, a)) not in self.taken
+
+    def add(self, a: int, b: int) -> None:
+        self._take(a, b)
+
+    def can_pair_one(self, a: int, open_in: bool, open_cross: bool) -> bool:
+        return bool((open_in and self.in_total[a] > self.used_in[a]) or (open_cross and self.cross_total[a] > self.used_cross[a]))
+
+    def can_pair(self, open_in: bool, open_cross: bool) -> np.ndarray:
+        """Which items, as c_a, some c_b could still pair with."""
+        ok = np.zeros(len(self.dom), dtype=bool)
+        if open_in:
+            ok |= self.in_total > self.used_in
+        if open_cross:
+            ok |= self.cross_total > self.used_cross
+        return ok
+
+    def partner_weights(self, a: int, p: np.ndarray, open_in: bool, open_cross: bool) -> np.ndarray:
+        same = self.dom == self.dom[a]
+        mask = (same & open_in) | (~same & open_cross)
+        mask[a] = False
+        for key in self.taken:
+            if a in key:
+                mask[key[1] if key[0] == a else key[0]] = False
+        return np.where(mask, p, 0.0)
+
+
+def _draw(cdf: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """``size`` indices drawn from the distribution with cumulative sums ``cdf``."""
+    idx = np.searchsorted(cdf, rng.random(size) * cdf[-1], side="right")
+    return np.minimum(idx, len(cdf) - 1)
+
+
 def sample_fusion_pairs(
     items: Sequence[EvolvableItem],
-    k: int,
+    m_f: int,
     rng: np.random.Generator,
     exclude: Iterable[tuple[str, str]] = frozenset(),
 ) -> FusionDraw:
-    """Algorithm 1: ``k`` fusion pairs for one round (eqs. 5-6), ``k - k // 2``
-    in-domain then ``k // 2`` cross-domain; ``exclude`` holds id pairs (either
-    order) that must not be drawn again."""
-    if k < 0:
-        raise ValueError(f"k must be >= 0, got {k}")
+    """Algorithm 1: ``M_f`` fusion pairs for one round, ``M_f // 2`` in-domain and the
+    rest cross-domain; ``exclude`` holds id pairs (either order) that must not be
+    drawn (pairs fused in earlier rounds, when the job asks for that)."""
+    if m_f < 0:
+        raise ValueError(f"M_f must be >= 0, got {m_f}")
     _check_unique_ids(items)
-    s = fusion_scores(items)
-    domains = sorted(root_counts(items))
-    code = {domain: n for n, domain in enumerate(domains)}
-    dom = np.asarray([code[item.root_domain] for item in items], dtype=np.int64)
+    n = len(items)
+    target_in = m_f // 2
+    target_cross = m_f - target_in
+    empty = dict(pairs=(), short_in_domain=0, short_cross_domain=0, cross_as_in_domain=0, in_as_cross_domain=0,
+                 replaced_first=0, direct_partners=0, draws=0)
+    if n < 2 or m_f == 0:
+        return FusionDraw(**{**empty, "in_domain_slots": target_in, "cross_domain_slots": target_cross,
+                             "short_in_domain": target_in if m_f else 0, "short_cross_domain": target_cross if m_f else 0})
 
-    index = {item.id: n for n, item in enumerate(items)}
-    partners: dict[int, set[int]] = {}
-    for a, b in exclude:
-        if a != b and a in index and b in index:
-            partners.setdefault(index[a], set()).add(index[b])
-            partners.setdefault(index[b], set()).add(index[a])
+    p = fusion_probabilities(items)
+    cdf = np.cumsum(p)
+    codes = {domain: k for k, domain in enumerate(sorted(root_counts(items)))}
+    dom = np.asarray([codes[item.root_domain] for item in items], dtype=np.int64)
+    index = {item.id: k for k, item in enumerate(items)}
+    pairs_state = _Pairs(dom, {(index[a], index[b]) for a, b in exclude if a in index and b in index})
 
-    k_cross = k // 2
-    k_in = k - k_cross
-    moved = k_cross if len(domains) < 2 else 0
-    k_in, k_cross = k_in + moved, k_cross - moved
+    cross_as_in = in_as_cross = 0
+    if len(codes) < 2:  # no cross-domain pair exists
+        cross_as_in, target_in, target_cross = target_cross, m_f, 0
+    elif not (pairs_state.in_total > 0).any():  # no in-domain pair exists
+        in_as_cross, target_in, target_cross = target_in, 0, m_f
 
-    kinds = {False: _PairKind(s, dom, False, partners), True: _PairKind(s, dom, True, partners)}
-    pairs: list[FusionPair] = []
-    short = {False: 0, True: 0}
-    for cross, slots in ((False, k_in), (True, k_cross)):
-        for _ in range(slots):
-            drawn = kinds[cross].draw(rng)
-            if drawn is None:
-                short[cross] = slots - sum(p.cross_domain == cross for p in pairs)
-                break
-            i, j = drawn
-            partners.setdefault(i, set()).add(j)
-            partners.setdefault(j, set()).add(i)
-            for kind in kinds.values():
-                kind.record(i, j)
-            pairs.append(FusionPair(i, j, cross, items[i].root_domain))
+    c_a = [int(i) for i in _draw(cdf, m_f, rng)]  # C_a ~ Multinomial(M_f, p^fuse), drawn once
+    made: list[FusionPair] = []
+    n_in = n_cross = 0
+    idx = replaced = direct = draws = 0
+    passes = 0  # c_b passed over for the current c_a
+
+    def open_kinds() -> tuple[bool, bool]:
+        return n_in < target_in, n_cross < target_cross
+
+    def settle_first() -> bool:
+        """Make sure c_a = C_a[idx] can be paired, replacing it if not; False when no item can."""
+        nonlocal replaced
+        open_in, open_cross = open_kinds()
+        if pairs_state.can_pair_one(c_a[idx], open_in, open_cross):
+            return True
+        ok = pairs_state.can_pair(open_in, open_cross)
+        weights = np.where(ok, p, 0.0)
+        if weights.sum() <= 0:
+            return False
+        c_a[idx] = int(_draw(np.cumsum(weights), 1, rng)[0])
+        replaced += 1
+        return True
+
+    def accept(b: int) -> None:
+        nonlocal idx, n_in, n_cross, passes
+        a = c_a[idx]
+        cross = bool(dom[a] != dom[b])
+        pairs_state.add(a, b)
+        made.append(FusionPair(a, b, cross, items[a].root_domain))
+        if cross:
+            n_cross += 1
+        else:
+            n_in += 1
+        idx += 1
+        passes = 0
+
+    while n_in < target_in or n_cross < target_cross:
+        if not settle_first():
+            break
+        remain = m_f - (n_in + n_cross)
+        for b in _draw(cdf, remain, rng):  # C_b ~ Multinomial(remain, p^fuse)
+            draws += 1
+            b = int(b)
+            a = c_a[idx]
+            open_in, open_cross = open_kinds()
+            kind_open = open_cross if dom[a] != dom[b] else open_in
+            if kind_open and pairs_state.free(a, b):
+                accept(b)
+                if idx >= m_f or not settle_first():
+                    break
+                continue
+            passes += 1
+            if passes >= REDRAW_LIMIT:  # the partner the redraws would reach, drawn directly
+                weights = pairs_state.partner_weights(a, p, open_in, open_cross)
+                accept(int(_draw(np.cumsum(weights), 1, rng)[0]))
+                direct += 1
+                if idx >= m_f or not settle_first():
+                    break
+        else:
+            continue
+        if idx >= m_f or not settle_first():
+            break
+
     return FusionDraw(
-        pairs=tuple(pairs),
-        in_domain_slots=k_in,
-        cross_domain_slots=k_cross,
-        short_in_domain=short[False],
-        short_cross_domain=short[True],
-        cross_as_in_domain=moved,
+        pairs=tuple(made),
+        in_domain_slots=target_in,
+        cross_domain_slots=target_cross,
+        short_in_domain=target_in - n_in,
+        short_cross_domain=target_cross - n_cross,
+        cross_as_in_domain=cross_as_in,
+        in_as_cross_domain=in_as_cross,
+        replaced_first=replaced,
+        direct_partners=direct,
+        draws=draws,
     )
 
 
@@ -315,20 +381,19 @@ def update_after_round(
     pairs: Sequence[FusionPair],
     children: Sequence[EvolvableItem],
 ) -> list[EvolvableItem]:
-    """Eq. 7: the next pool, a new list (inputs untouched). Each parent's
-    ``n_fusions`` grows by the number of ``pairs`` it is in; ``children`` (all
-    items the round created, depth and fusion) follow with ``n_fusions = 0`` and
-    their own ``n_objectives``. ``n_root`` is recounted from the returned pool by
-    every later call. Drop items that stopped being evolvable before the next
-    draw."""
+    """The next pool for eq. 7, a new list (inputs untouched). ``n_c`` is "the
+    frequency of instruction c_i being used as the seed for task fusion": each
+    parent's ``n_fusions`` grows by the number of ``pairs`` it is in (every pair
+    drawn, whether or not the teacher's child parsed). ``children`` follow with
+    ``n_fusions = 0``. ``n_root`` is recounted from the returned pool by every
+    later call."""
     times: Counter[int] = Counter()
     for pair in pairs:
-        for n in (pair.first, pair.second):
-            if not 0 <= n < len(items):
+        for k in (pair.first, pair.second):
+            if not 0 <= k < len(items):
                 raise ValueError(f"fusion pair {pair} points outside the pool of {len(items)} items")
-            times[n] += 1
-    pool = [replace(item, n_fusions=item.n_fusions + times[n]) if times[n] else item for n, item in enumerate(items)]
+            times[k] += 1
+    pool = [replace(item, n_fusions=item.n_fusions + times[k]) if times[k] else item for k, item in enumerate(items)]
     pool += [replace(child, n_fusions=0) for child in children]
     _check_unique_ids(pool)
     return pool
-

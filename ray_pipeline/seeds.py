@@ -3,9 +3,9 @@
 :func:`load_seeds` reads every configured :class:`~ray_pipeline.config.SeedSource`
 (JSON, JSONL, Parquet, a directory of those, an http(s) URL, or a Hugging Face
 dataset), recognises the row shape of each row (Alpaca, OpenAI ``messages``,
-ShareGPT ``conversations``, GSM8K ``question``/``answer``, plain ``prompt``),
-and returns normalised records, all with the string fields of
-:data:`RECORD_FIELDS`::
+ShareGPT ``conversations``, GSM8K ``question``/``answer``, MATH
+``problem``/``solution``, plain ``prompt``), and returns normalised records,
+all with the string fields of :data:`RECORD_FIELDS`::
 
     id           first 16 hex chars of sha256(instruction + "\\x1f" + input)
     source       SeedSource.label
@@ -19,6 +19,14 @@ and returns normalised records, all with the string fields of
 Rows that cannot be read are skipped, counted and reported; a source that is
 mostly such rows is an error. Exact duplicates (same ``id``) are kept once,
 the first time they are seen.
+
+Per source, in this order: a language filter (``languages`` keeps, or
+``exclude_languages`` drops, rows by their detected or forced language; those
+rows are counted as ``filtered_language``), de-duplication, then ``limit``:
+the first N rows, or with ``sample: random`` a uniformly random N of all the
+source's remaining rows (reservoir sampling, seeded by the job seed and the
+source label, kept in file order). Each source's declared ``domain`` is in
+:attr:`SeedPool.source_domains` (TaCIE's root domains).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import gzip
 import hashlib
 import json
 import logging
+import random
 import shutil
 import tempfile
 import urllib.parse
@@ -41,6 +50,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ray_pipeline.config import SeedSource
+from ray_pipeline.determinism import derived_seed
 from ray_pipeline.errors import SeedError
 from ray_pipeline.languages import canonical_language, detect_domain, detect_language
 
@@ -64,11 +74,14 @@ class SourceReport:
 
     label: str
     location: str
+    domain: str = "auto"  # the source's declared domain (SeedSource.domain)
     rows_read: int = 0
     rows_kept: int = 0
     malformed: int = 0
     malformed_examples: list[tuple[str, str]] = field(default_factory=list)
     duplicates_removed: int = 0
+    filtered_language: int = 0  # valid rows dropped by languages / exclude_languages
+    sampled_from: int | None = None  # sample: random: the valid, non-duplicate rows the `limit` rows were drawn from
 
     def add_malformed(self, origin: str, reason: str) -> None:
         self.malformed += 1
@@ -95,6 +108,11 @@ class SeedPool:
     def duplicates_removed(self) -> int:
         return sum(r.duplicates_removed for r in self.reports)
 
+    @property
+    def source_domains(self) -> dict[str, str]:
+        """Each source label's declared ``domain`` ("auto" when not declared): TaCIE's root domain of its seeds."""
+        return {r.label: r.domain for r in self.reports}
+
     def summary(self) -> dict[str, Any]:
         """Counts for a JSON manifest."""
         languages = Counter(r["language"] or "none" for r in self.records)
@@ -102,6 +120,8 @@ class SeedPool:
             "seeds": len(self.records),
             "duplicates_removed": self.duplicates_removed,
             "malformed": sum(r.malformed for r in self.reports),
+            "filtered_language": sum(r.filtered_language for r in self.reports),
+            "source_domains": self.source_domains,
             "domains": dict(sorted(Counter(r["domain"] for r in self.records).items())),
             "languages": dict(languages.most_common()),
             "sources": [r.to_dict() for r in self.reports],
@@ -120,16 +140,28 @@ def pool_to_arrow(records: Sequence[Mapping[str, str]]) -> pa.Table:
 
 
 # ------------------------------------------------------------------ loading
-def load_seeds(sources: Sequence[SeedSource]) -> SeedPool:
-    """Read, normalise and de-duplicate all sources, in order.
+def load_seeds(sources: Sequence[SeedSource], seed: int = 0) -> SeedPool:
+    """Read, normalise, filter and de-duplicate all sources, in order.
 
-    ``limit`` counts the rows a source adds to the pool (valid and not duplicates).
+    ``limit`` counts the rows a source adds to the pool (valid, of a wanted
+    language and not duplicates). ``seed`` (the job seed) seeds ``sample:
+    random``; each source draws from its own stream (job seed and label), so
+    its rows do not depend on the other sources' files.
     Raises :class:`SeedError` for a missing, unreadable, empty or mostly malformed
-    source, and when no source yields any seed.
+    source, a source whose every valid row the language filter drops, two
+    sources with one label but different domains, and when no source yields any seed.
     """
+    declared: dict[str, str] = {}
+    for source in sources:
+        other = declared.setdefault(source.label, source.domain)
+        if other != source.domain:
+            raise SeedError(
+                f"two seed sources are labelled {source.label!r} but declare domains {other!r} and "
+                f"{source.domain!r}; give them distinct names"
+            )
     records: list[dict[str, str]] = []
     seen: set[str] = set()
-    reports = [_load_source(source, seen, records) for source in sources]
+    reports = [_load_source(source, seen, records, seed) for source in sources]
     if not records:
         raise SeedError("no seeds in any source")
     return SeedPool(records, reports)
@@ -160,12 +192,17 @@ class _Malformed(Exception):
     """A row that is not a usable seed; the message is the reason."""
 
 
-def _load_source(source: SeedSource, seen: set[str], out: list[dict[str, str]]) -> SourceReport:
+def _load_source(source: SeedSource, seen: set[str], out: list[dict[str, str]], seed: int = 0) -> SourceReport:
     """Append the new seeds of one source to ``out``; return its report."""
     location = source.path or f"hf:{source.hf}"
-    report = SourceReport(label=source.label, location=location)
+    report = SourceReport(label=source.label, location=location, domain=source.domain)
     single_file = Path(source.path or source.hf or "").name
     first_bad = ""
+    filtered: Counter[str] = Counter()
+    sample = None
+    if source.sample == "random":
+        sample = _Reservoir(source.limit, derived_seed(seed, "seed-sample", source.label))
+    candidates: set[str] = set()  # sample: random: ids of this source's rows so far (`seen` grows at the end)
     with closing(_source_rows(source)) as rows:
         for row in rows:
             report.rows_read += 1
@@ -176,20 +213,67 @@ def _load_source(source: SeedSource, seen: set[str], out: list[dict[str, str]]) 
                 where = f"{row.unit} {row.number}" if row.file == single_file else f"{row.file} {row.unit} {row.number}"
                 first_bad = first_bad or f"{where}: {bad}"
                 continue
-            if record["id"] in seen:
+            if not _language_wanted(record["language"], source):
+                filtered[record["language"] or "none"] += 1
+                continue
+            if record["id"] in seen or record["id"] in candidates:
                 report.duplicates_removed += 1
+                continue
+            if sample is not None:
+                candidates.add(record["id"])
+                sample.offer(record)
                 continue
             seen.add(record["id"])
             out.append(record)
             report.rows_kept += 1
             if source.limit is not None and report.rows_kept >= source.limit:
                 break
-    _check_source(report, source, first_bad)
+    if sample is not None:
+        chosen = sample.rows()
+        seen.update(r["id"] for r in chosen)
+        out.extend(chosen)
+        report.rows_kept, report.sampled_from = len(chosen), sample.offered
+    report.filtered_language = sum(filtered.values())
+    _check_source(report, source, first_bad, filtered)
     return report
 
 
-def _check_source(report: SourceReport, source: SeedSource, first_bad: str) -> None:
-    """Raise for an empty or mostly malformed source; log what was skipped."""
+def _language_wanted(language: str, source: SeedSource) -> bool:
+    """Whether a row of this (canonical, maybe empty) language passes the source's language filter."""
+    if source.languages is not None:
+        return language in source.languages
+    if source.exclude_languages is not None:
+        return language not in source.exclude_languages
+    return True
+
+
+class _Reservoir:
+    """A uniformly random ``size`` of the rows offered (Algorithm R), returned in the order offered.
+
+    Holds ``size`` rows at a time, so a source of any length is sampled in bounded memory.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.offered = 0
+        self._rng = random.Random(seed)
+        self._kept: list[tuple[int, dict[str, str]]] = []
+
+    def offer(self, record: dict[str, str]) -> None:
+        if self.offered < self.size:
+            self._kept.append((self.offered, record))
+        else:
+            slot = self._rng.randrange(self.offered + 1)
+            if slot < self.size:
+                self._kept[slot] = (self.offered, record)
+        self.offered += 1
+
+    def rows(self) -> list[dict[str, str]]:
+        return [record for _, record in sorted(self._kept, key=lambda kept: kept[0])]
+
+
+def _check_source(report: SourceReport, source: SeedSource, first_bad: str, filtered: Counter[str]) -> None:
+    """Raise for an empty, mostly malformed or wholly filtered source; log what was skipped."""
     where = source.path or source.hf
     if report.rows_read == 0:
         raise SeedError(f"{where}: no rows in seed source")
@@ -205,6 +289,18 @@ def _check_source(report: SourceReport, source: SeedSource, first_bad: str) -> N
         log.warning(
             "%s: skipped %d malformed of %d rows (%s%s)", where, report.malformed, report.rows_read, examples, more
         )
+    valid = report.rows_read - report.malformed
+    if filtered and sum(filtered.values()) == valid:
+        if source.languages is not None:
+            rule = f"languages {source.languages}"
+        else:
+            rule = f"exclude_languages {source.exclude_languages}"
+        found = ", ".join(f"{lang} {n}" for lang, n in filtered.most_common(5))
+        raise SeedError(f"{where}: {rule} keeps none of the {valid} valid rows (their languages: {found})")
+    if filtered:
+        log.info("%s: %d rows dropped by the language filter (%s)", where, sum(filtered.values()), dict(filtered))
+    if report.sampled_from is not None:
+        log.info("%s: a random %d of %d rows kept (sample: random)", where, report.rows_kept, report.sampled_from)
     log.info(
         "%s: %d seeds kept of %d rows (%d duplicates removed)",
         where, report.rows_kept, report.rows_read, report.duplicates_removed,
@@ -285,10 +381,12 @@ def _chat(key: str) -> Callable[[Mapping[str, Any]], _Seed]:
         if not isinstance(turns, list):
             raise _Malformed(f"'{key}' is not a list")
         instruction = output = None
+        roles: list[str] = []
         for turn in turns:
             if not isinstance(turn, dict):
                 raise _Malformed(f"a turn in '{key}' is not an object")
             role = str(turn.get("role", turn.get("from", ""))).lower()
+            roles.append(role or "?")
             content = turn.get("content", turn.get("value"))
             if instruction is None and role in USER_ROLES:
                 instruction = _text({"content": content}, "content")
@@ -296,7 +394,8 @@ def _chat(key: str) -> Callable[[Mapping[str, Any]], _Seed]:
                 output = _text({"content": content}, "content")
                 break
         if instruction is None:
-            raise _Malformed(f"no user turn in '{key}'")
+            seen_roles = ", ".join(dict.fromkeys(roles)) or "none: the list is empty"
+            raise _Malformed(f"no user turn in '{key}' (roles: {seen_roles})")
         return _Seed(instruction, "", output or "", None)
 
     return parse
@@ -304,6 +403,11 @@ def _chat(key: str) -> Callable[[Mapping[str, Any]], _Seed]:
 
 def _gsm8k(data: Mapping[str, Any]) -> _Seed:
     return _Seed(_text(data, "question"), "", _text(data, "answer"), "math")
+
+
+def _math(data: Mapping[str, Any]) -> _Seed:
+    """MATH (Hendrycks et al.): ``{problem, solution, level?, type?}``, a math seed (``level``/``type`` unused)."""
+    return _Seed(_text(data, "problem"), "", _text(data, "solution"), "math")
 
 
 def _prompt(data: Mapping[str, Any]) -> _Seed:
@@ -316,6 +420,7 @@ _SHAPES = (
     ("conversations", _chat("conversations")),
     ("instruction", _alpaca),
     ("question", _gsm8k),
+    ("problem", _math),
     ("prompt", _prompt),
 )
 

@@ -1,13 +1,16 @@
 """Prompt uncertainty of an instruction (Kung et al. 2023, "Active Instruction Tuning"), as TaCIE uses it.
 
-For an instruction c with response r, a scorer language model gives
+For an instruction c with response r, a scorer language model gives (TaCIE,
+tacie.txt section 2.3, equation numbers as printed)
 
-    q   = P(r | c)                                              (1)
-    q_j = P(r | c_j),  j = 1..N_U                               (2)
-    u   = (1 / N_U) * sum_j |q - q_j|                           (3)
+    q   = P(r | c)                                              (eq. 3 for the unperturbed c)
+    q_j = P(r | c_j),  j = 1..N_U                               (eq. 3: q_ij)
+    u   = (1 / N_U) * sum_j |q - q_j|                           (eq. 2: Score(c, r))
 
 where each c_j is a copy of c with every word dropped independently with
-probability ``drop_prob`` (0.2 in the paper). An instruction whose response
+probability ``drop_prob``. The paper says only "the random omission of a
+certain percentage of words"; N_U = 10 and 0.2 are the authors' code
+(cal_amb.py), as is q = exp(-mean token loss) of the response. An instruction whose response
 likelihood moves a lot when a few words go missing is one the model has not
 learnt to follow robustly; TaCIE prefers to evolve such instructions.
 
@@ -31,7 +34,7 @@ _WORD = re.compile(r"\S+\s*")
 
 
 def perturb(instruction: str, n: int, drop_prob: float, seed: int) -> list[str]:
-    """N_U = ``n`` copies c_j of ``instruction`` for equation (2), each word dropped with ``drop_prob``.
+    """N_U = ``n`` copies c_j of ``instruction`` for eq. 3, each word dropped with ``drop_prob``.
 
     Words are whitespace-separated; a copy keeps at least one word (one picked
     at random when every word was dropped). The same seed gives the same copies.
@@ -54,18 +57,27 @@ def perturb(instruction: str, n: int, drop_prob: float, seed: int) -> list[str]:
     return copies
 
 
-def sequence_probability(token_logprobs: Sequence[float]) -> float:
-    """q of equations (1) and (2): exp of the mean token log-probability of the response.
+def sequence_probability(token_logprobs: Sequence[float], kind: str = "token_mean") -> float:
+    """q of eq. 3 from the response's token log-probabilities.
 
+    ``token_mean`` (default, the authors' code: exp(-loss)): exp of the mean token
+    log-probability, the geometric mean of the token probabilities. ``product``: the
+    literal P(r | c), the product of the token probabilities, which underflows
+    towards 0 for long responses (every u of long responses is then about 0).
     An empty response (nothing scored) has no probability: NaN.
     """
     if len(token_logprobs) == 0:
         return math.nan
-    return math.exp(math.fsum(token_logprobs) / len(token_logprobs))
+    total = math.fsum(token_logprobs)
+    if kind == "token_mean":
+        return math.exp(total / len(token_logprobs))
+    if kind == "product":
+        return math.exp(total)
+    raise ValueError(f"sequence_probability: kind must be 'token_mean' or 'product', got {kind!r}")
 
 
 def uncertainty(q: float, q_perturbed: Sequence[float]) -> float:
-    """u of equation (3): the mean absolute change of q over the perturbed instructions."""
+    """u of eq. 2: the mean absolute change of q over the perturbed instructions."""
     if len(q_perturbed) == 0:
         raise ValueError("uncertainty: no perturbed scores (N_U must be at least 1)")
     return math.fsum(abs(q - q_j) for q_j in q_perturbed) / len(q_perturbed)

@@ -108,3 +108,74 @@ def test_source_seed_is_stable_and_distinct():
     assert source_seed(0, "a") == source_seed(0, "a")
     assert len({source_seed(0, "a"), source_seed(0, "b"), source_seed(1, "a")}) == 3
     assert 0 <= source_seed(-5, "x") < 2**32
+
+
+# ------------------------------------------------- clusters given per source (TaCIE's 3,000 / 1,500)
+def test_given_clusters_skip_the_elbow():
+    X, y = _blobs(6, n=120)
+    result = cluster_and_pick(X, k_min=2, k_max=3, seed=0, clusters=6)  # 6 lies outside the elbow's 2..3
+    assert (result.k, result.k_from) == (6, "given")
+    assert list(result.inertias) == [6]  # one fit: no k was tried but the given one
+    assert sorted(y[result.chosen].tolist()) == list(range(6))  # one seed per true blob
+    more = cluster_and_pick(X, k_min=2, k_max=3, seed=0, clusters=25)
+    assert more.k == 25 and len(set(more.chosen)) == 25 and len(np.unique(more.labels)) == 25
+    assert cluster_and_pick(X, 2, 3, seed=0).k_from == "elbow"
+
+
+def test_given_clusters_capped_at_rows_and_distinct_rows():
+    X, _ = _blobs(3, n=10)
+    small = cluster_and_pick(X, k_min=2, k_max=8, seed=0, clusters=10)
+    assert (small.k, small.k_from, small.chosen, small.inertias) == (10, "all", list(range(10)), {})
+    repeated = np.repeat(np.eye(3), 4, axis=0)  # 12 rows, 3 distinct points
+    capped = cluster_and_pick(repeated, k_min=2, k_max=8, seed=0, clusters=5)
+    assert (capped.k, capped.k_from) == (3, "given")
+    assert sorted(repeated[capped.chosen].argmax(axis=1).tolist()) == [0, 1, 2]
+
+
+def test_large_given_fit_uses_random_init_lloyd(monkeypatch):
+    import ray_pipeline.clustering as clustering
+    from sklearn.cluster import KMeans
+
+    fits = []
+    real_fit = KMeans.fit
+
+    def spy(self, X, *args, **kwargs):
+        fits.append((self.n_clusters, self.init, self.n_init, X.dtype))
+        return real_fit(self, X, *args, **kwargs)
+
+    monkeypatch.setattr(KMeans, "fit", spy)
+    X, y = _blobs(5, n=100)
+    cluster_and_pick(X, 2, 3, seed=1, clusters=5)
+    assert fits == [(5, "k-means++", 10, np.float64)]  # 5 x 100 rows: the elbow's k-means
+    monkeypatch.setattr(clustering, "LARGE_FIT", 400)
+    fits.clear()
+    result = cluster_and_pick(X, 2, 3, seed=1, clusters=5)
+    assert fits == [(5, "random", 1, np.float32)]
+    assert result.k == 5 and len(result.chosen) == 5 and result.k_from == "given"
+
+
+def test_an_empty_cluster_gets_the_unchosen_row_nearest_its_centre():
+    from ray_pipeline.clustering import _one_per_cluster
+
+    X = np.array([[0.0], [5.0], [5.2], [9.0]])
+    labels = np.array([0, 1, 1, 1])  # cluster 2 (centre 4.9) won no row
+    centers = np.array([[0.0], [6.4], [4.9]])
+    outcomes = {tuple(_one_per_cluster(X, labels, centers, np.random.default_rng(seed))) for seed in range(8)}
+    # cluster 1 draws row 1, 2 or 3; the empty cluster then takes row 1 (5.0), or row 2 (5.2) when 1 is drawn
+    assert outcomes == {(0, 1, 2), (0, 1, 3)}
+
+
+def test_per_source_clusters_given_for_some_sources():
+    A, ya = _blobs(4, n=60, seed=2)
+    B, _ = _blobs(3, n=45, seed=3)
+    X = np.vstack([A, B])
+    sources = ["a"] * 60 + ["b"] * 45
+    results = pick_per_source(X, sources, k_min=2, k_max=8, seed=7, clusters={"a": 12, "gone": 5})
+    assert (results["a"].k, results["a"].k_from) == (12, "given")
+    assert (results["b"].k, results["b"].k_from) == (3, "elbow")
+    assert len(results["a"].chosen) == 12 and set(results["a"].chosen) <= set(range(60))
+    assert set(ya[results["a"].chosen].tolist()) == {0, 1, 2, 3}
+    # the elbow source's choice does not depend on the other's clusters
+    assert pick_per_source(X, sources, 2, 8, seed=7)["b"].chosen == results["b"].chosen
+    alone = pick_per_source(A, ["a"] * 60, 2, 8, seed=7, clusters={"a": 12})["a"]
+    assert alone.chosen == results["a"].chosen

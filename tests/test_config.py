@@ -79,3 +79,40 @@ def test_secret_masked_in_dump():
 
     dumped = job_to_dict(parse_job(BASE))
     assert "sk-secret-123" not in repr(dumped)
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ({"languages": ["python", "cobol", "Klingon"]},
+         "seeds.0.languages: unknown languages 'cobol', 'Klingon' (known: bash, c, "),
+        ({"exclude_languages": ["brainfk"]}, "seeds.0.exclude_languages: unknown language 'brainfk' (known: "),
+        ({"languages": ["python"], "exclude_languages": ["java"]},
+         "give at most one of 'languages' and 'exclude_languages'"),
+        ({"languages": []}, "seeds.0.languages"),
+        ({"sample": "random"}, "sample: random needs a limit"),
+        ({"sample": "shuffled", "limit": 3}, "seeds.0.sample"),
+        ({"clusters": 0}, "seeds.0.clusters"),
+        ({"language": "java", "languages": ["python"]}, "language 'java' is forced on every row"),
+        ({"language": "Python", "exclude_languages": ["py"]}, "language 'Python' is forced on every row"),
+        ({"domain": "math", "languages": ["python"]}, "domain: math seeds get no programming language"),
+    ],
+)
+def test_seed_source_filter_errors(source, message):
+    with pytest.raises(ConfigError) as info:
+        parse_job(_with(seeds=[{"path": "seeds.jsonl", **source}]), "job.yaml")
+    msg = str(info.value)
+    assert msg.startswith("job.yaml: ") and message in msg and "\n" not in msg
+
+
+def test_seed_source_new_fields_and_defaults():
+    from ray_pipeline.config import SeedSource
+
+    plain = SeedSource(path="s.jsonl")
+    assert (plain.languages, plain.exclude_languages, plain.sample, plain.clusters) == (None, None, "first", None)
+    assert SeedSource(path="s.jsonl", languages=["Python", "C++", "py"]).languages == ["python", "cpp"]
+    assert SeedSource(path="s.jsonl", exclude_languages=["JS"]).exclude_languages == ["javascript"]
+    source = SeedSource(path="s.jsonl", limit=30000, sample="random", clusters=3000, domain="math")
+    assert (source.limit, source.sample, source.clusters) == (30000, "random", 3000)
+    description = SeedSource.model_fields["domain"].description
+    assert "declared domain" in description and "root domain" in description

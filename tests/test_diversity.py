@@ -16,51 +16,70 @@ def _angles(*degrees: float) -> np.ndarray:
     return np.stack([np.cos(rad), np.sin(rad)], axis=1)
 
 
-def test_nn_distances_by_hand():
-    # Unit vectors at 0, 10 and 90 degrees: the first two are each other's
-    # neighbour (1 - cos 10deg); the third's nearest is the 10-degree one (1 - cos 80deg).
-    d = nn_distances(_angles(0, 10, 90))
+def test_eq8_to_10_by_hand():
+    # (1,0), (4,0), (1,4): d = 3, 3, 4 (eq. 9); mu = 10/3 (eq. 10); U = (2 (1/3)^2 + (2/3)^2) / 3 = 2/9 (eq. 8)
+    X = np.array([[1.0, 0.0], [4.0, 0.0], [1.0, 4.0]])
+    assert nn_distances(X) == pytest.approx([3.0, 3.0, 4.0])
+    assert diversity_u(X) == pytest.approx(2 / 9)
+
+
+def test_eq9_on_unit_vectors_and_the_cosine_option():
+    # Unit vectors at 0, 10 and 90 degrees: the first two are each other's neighbour
+    # (chord 2 sin 5deg); the third's nearest is the 10-degree one (2 sin 40deg).
+    X = _angles(0, 10, 90)
+    e10, e80 = 2 * math.sin(math.radians(5)), 2 * math.sin(math.radians(40))
+    assert nn_distances(X) == pytest.approx([e10, e10, e80])
+    mean = (2 * e10 + e80) / 3
+    assert diversity_u(X) == pytest.approx(((e10 - mean) ** 2 * 2 + (e80 - mean) ** 2) / 3)
     c10, c80 = 1 - math.cos(math.radians(10)), 1 - math.cos(math.radians(80))
-    assert d == pytest.approx([c10, c10, c80])
+    assert nn_distances(X, metric="cosine") == pytest.approx([c10, c10, c80])
     mean = (2 * c10 + c80) / 3
-    expected_u = ((c10 - mean) ** 2 * 2 + (c80 - mean) ** 2) / 3
-    assert diversity_u(_angles(0, 10, 90)) == pytest.approx(expected_u)
+    assert diversity_u(X, metric="cosine") == pytest.approx(((c10 - mean) ** 2 * 2 + (c80 - mean) ** 2) / 3)
+    with pytest.raises(ValueError, match="metric"):
+        nn_distances(X, metric="manhattan")
 
 
 def test_rows_need_not_be_unit_length():
-    # (3, 0), (0, 2), (5, 5): cosines 0, 1/sqrt2, 1/sqrt2.
-    d = nn_distances(np.array([[3.0, 0.0], [0.0, 2.0], [5.0, 5.0]]))
-    assert d == pytest.approx([1 - 2**-0.5] * 3)
-    assert diversity_u(np.array([[3.0, 0.0], [0.0, 2.0], [5.0, 5.0]])) == pytest.approx(0.0)
+    # (3, 0), (0, 2), (5, 5): Euclidean neighbours (0,2)->(3,0) sqrt13, (3,0)->(0,2) sqrt13, (5,5)->(3,0) sqrt29;
+    # cosines 0, 1/sqrt2, 1/sqrt2
+    X = np.array([[3.0, 0.0], [0.0, 2.0], [5.0, 5.0]])
+    assert nn_distances(X) == pytest.approx([13**0.5, 13**0.5, 29**0.5])
+    assert nn_distances(X, metric="cosine") == pytest.approx([1 - 2**-0.5] * 3)
+    assert diversity_u(X, metric="cosine") == pytest.approx(0.0)
 
 
 def test_a_row_never_counts_as_its_own_neighbour_but_a_copy_does():
     X = _angles(0, 0, 45)
-    assert nn_distances(X) == pytest.approx([0.0, 0.0, 1 - math.cos(math.radians(45))])
+    assert nn_distances(X) == pytest.approx([0.0, 0.0, 2 * math.sin(math.radians(22.5))])
     sims, idx = nearest(X)
     assert idx.tolist() == [1, 0, 0]
     assert sims[:2] == pytest.approx([1.0, 1.0])
 
 
 def test_against_another_set():
-    d = nn_distances(_angles(0, 90), _angles(30, 100, 180))
+    d = nn_distances(_angles(0, 90), _angles(30, 100, 180), metric="cosine")
     assert d == pytest.approx([1 - math.cos(math.radians(30)), 1 - math.cos(math.radians(10))])
+    d = nn_distances(_angles(0, 90), _angles(30, 100, 180))
+    assert d == pytest.approx([2 * math.sin(math.radians(15)), 2 * math.sin(math.radians(5))])
     _, idx = nearest(_angles(0, 90), _angles(30, 100, 180))
     assert idx.tolist() == [0, 1]
 
 
 def test_chunked_search_matches_brute_force(monkeypatch):
     rng = np.random.default_rng(3)
-    X = unit_rows(rng.normal(size=(57, 8)).astype(np.float32))
-    Y = unit_rows(rng.normal(size=(23, 8)).astype(np.float32))
-    full = X @ X.T
-    np.fill_diagonal(full, -np.inf)
-    expected_self = 1 - full.max(axis=1)
-    expected_other = 1 - (X @ Y.T).max(axis=1)
+    X = rng.normal(size=(57, 8)).astype(np.float32)
+    Y = rng.normal(size=(23, 8)).astype(np.float32)
+    full = np.linalg.norm(X[:, None, :] - X[None, :, :], axis=2)
+    np.fill_diagonal(full, np.inf)
+    expected_other = np.linalg.norm(X[:, None, :] - Y[None, :, :], axis=2).min(axis=1)
+    U = unit_rows(X)
+    cos = U @ U.T
+    np.fill_diagonal(cos, -np.inf)
     monkeypatch.setattr(diversity, "CHUNK_ELEMENTS", 40)  # 1 row per chunk against 57 rows
-    assert nn_distances(X) == pytest.approx(expected_self, abs=1e-6)
-    assert nn_distances(X, Y) == pytest.approx(expected_other, abs=1e-6)
-    assert nearest(X)[1].tolist() == full.argmax(axis=1).tolist()
+    assert nn_distances(X) == pytest.approx(full.min(axis=1), abs=1e-5)
+    assert nn_distances(X, Y) == pytest.approx(expected_other, abs=1e-5)
+    assert nn_distances(X, metric="cosine") == pytest.approx(1 - cos.max(axis=1), abs=1e-6)
+    assert nearest(X)[1].tolist() == cos.argmax(axis=1).tolist()
 
 
 def test_too_few_rows():

@@ -120,6 +120,28 @@ def test_requests_are_seeded_per_sample_and_differ_between_modes():
     assert len({r["cache_key"] for r in plain + chat}) == 9
 
 
+def test_a_benchmark_prompt_mode_overrides_the_models():
+    """The IF paper (Table 3): MultiPL-E in completion mode, HumanEval/MBPP as instructions, for the same model."""
+    from ray_pipeline.evaluation.generation import PREFIX, to_sample
+
+    job = _job(models=[{"label": "tuned", "backend": "embedded", "prompt": "chat"}, "embedded"],
+               benchmarks=[{"name": "humaneval"}, {"name": "multiple", "languages": ["js"], "prompt": "completion"}])
+    tuned, base = job.models
+    assert job.prompt_modes(tuned) == {"humaneval": "chat", "multiple": "completion"}
+    assert job.prompt_modes(base) == {"humaneval": "completion", "multiple": "completion"}
+    rows = request_rows([HE, JS], tuned, job.sampling, 7, "m", {}, job.prompt_modes(tuned))
+    he, js = (json.loads(r["messages"]) for r in rows)
+    assert he[0]["role"] == "user" and HE.prompt.strip() in he[0]["content"]  # chat: the model's own mode
+    assert js == JS.prompt.strip() and json.loads(rows[1]["sampling"])["stop"] == list(JS.stop)  # completion
+    # the answers are read back in the mode they were asked in
+    answer = {f"{PREFIX}_text": "  return string.length;\n}\n\nconsole.log(1)", f"{PREFIX}_error": "",
+              f"{PREFIX}_finish_reason": "stop", f"{PREFIX}_completion_tokens": 9}
+    sample = to_sample({**rows[1], **answer}, job.prompt_modes(tuned))
+    assert sample["solution"] == "  return string.length;\n}\n"
+    with pytest.raises(ConfigError, match="benchmarks.0.prompt"):
+        _job(benchmarks=[{"name": "humaneval", "prompt": "instruct"}])
+
+
 def test_solutions_from_completions_and_chat_answers():
     sol = postprocess.solution_from_completion(HE, "    return number % 1.0\n\n\ndef extra():\n    pass\n")
     assert "return number % 1.0" in sol and "def extra" not in sol and sol.startswith("def truncate_number")

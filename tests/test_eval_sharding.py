@@ -252,6 +252,11 @@ def test_two_published_shards_merge_to_the_unsharded_run(tmp_path, local_ray, mo
     assert [m["suites"]["multiple-js"]["tasks"] for m in shard_manifests] == [1, 0]  # a shard with none: fine
     assert [m["generation"]["fake"]["samples"] for m in shard_manifests] == [4, 2]
     assert [m["generation"]["fake"]["cache_hits"] for m in shard_manifests] == [4, 2]
+    # how the model was asked, per benchmark, is recorded with the run
+    modes = {"humaneval": "completion", "multiple": "completion"}
+    assert manifest["generation"]["fake"]["prompt_by_benchmark"] == modes
+    assert manifest["summary"]["prompt_modes"] == {"fake": modes}
+    assert "Prompt modes: fake (humaneval completion, multiple completion)" in (tmp_path / "whole" / "summary.md").read_text()
     whole_rows = read_jsonl(tmp_path / "whole" / "results" / "fake.jsonl")
     shard_rows = [read_jsonl(tmp_path / f"shard{i}" / "results" / "fake.jsonl") for i in range(2)]
     assert set(_verdicts(shard_rows[1])) == {("humaneval", "HumanEval/2"), ("humaneval", "HumanEval/7")}

@@ -12,6 +12,7 @@ import json
 import threading
 
 import pyarrow.parquet as pq
+import numpy as np
 import pytest
 
 from ray_pipeline.config import load_job
@@ -80,6 +81,27 @@ def test_every_row_has_a_recorded_outcome(faulty_run):
     assert sum(fusion_counts.values()) == len(table)
     for outcome in ("ok", "invalid", "parse_error", "api_error"):
         assert fusion_counts[outcome] == sum(r["fusion_outcome"] == outcome for r in table)
+
+
+def test_manifest_reports_the_papers_diversity_u(faulty_run):
+    """U (eq. 8-10, Euclidean d_i) of the seed pool, the fused instructions and both, as the IF paper's analysis."""
+    from ray_pipeline.diversity import diversity_u
+    from ray_pipeline.embeddings import embed_texts
+    from ray_pipeline.pipelines.instruction_fusion import seed_prompt
+    from ray_pipeline.seeds import load_seeds
+
+    job, manifest, calls, run, plan = faulty_run
+    table = pq.read_table(run / "test.parquet").to_pylist()
+    seeds = embed_texts([seed_prompt(s) for s in load_seeds(job.seeds).records], job.embedding)
+    kept = [r["instruction"] for r in table if r["outcome"] == "ok"]  # the fused rows of the data set (answered)
+    fused = embed_texts(kept, job.embedding)
+    d = manifest["diversity"]
+    assert len(kept) >= 3 and d["metric"] == "euclidean"
+    assert d["n"] == {"seeds": 16, "fused": len(kept), "seeds_and_fused": 16 + len(kept)}
+    assert d["seeds"] == pytest.approx(diversity_u(seeds), rel=1e-4)
+    assert d["fused"] == pytest.approx(diversity_u(fused), rel=1e-4)
+    assert d["seeds_and_fused"] == pytest.approx(diversity_u(np.vstack([seeds, fused])), rel=1e-4)
+    assert d["seeds"] != pytest.approx(diversity_u(seeds, metric="cosine"), rel=1e-3)
 
 
 def test_faults_map_to_the_right_outcomes(faulty_run):

@@ -395,3 +395,173 @@ def test_canonical_language_names():
     assert [canonical_language(n) for n in ("C++", "JS", " Python ", "golang", "C#", "rust")] == [
         "cpp", "javascript", "python", "go", "csharp", "rust",
     ]
+
+
+# ----------------------------------------------- both papers' seed pools (issue 15)
+MATH_ROWS = [  # the shape of ../shared/data/seeds/math/train.jsonl (Hendrycks et al.'s per-problem files)
+    {"unique_id": "train/algebra/3.json", "problem": "If $A=2+i$, $O=-4$, $P=-i$, and $S=2+4i$, find $A-O+P+S$.",
+     "level": "Level 3", "type": "Algebra",
+     "solution": "Adding real parts and imaginary parts separately, we have $(2-(-4)+0+2)+(1+0-1+4)i=\\boxed{8+4i}$."},
+    {"unique_id": "train/geometry/1.json", "problem": "  What is the area of a square with side $3$?  ",
+     "level": "Level 1", "type": "Geometry", "solution": "The area is $3^2=\\boxed{9}$."},
+    {"unique_id": "train/algebra/9.json", "problem": "", "level": "Level 2", "type": "Algebra", "solution": "x"},
+]
+
+
+def test_math_rows_read_problem_as_instruction_and_solution_as_output(tmp_path):
+    pool = load_seeds([SeedSource(path=str(_write_jsonl(tmp_path / "math.jsonl", MATH_ROWS)))])
+    first, second = pool.records
+    assert first["instruction"] == MATH_ROWS[0]["problem"] and first["output"] == MATH_ROWS[0]["solution"]
+    assert (second["instruction"], second["input"]) == ("What is the area of a square with side $3$?", "")
+    assert {(r["domain"], r["language"]) for r in pool.records} == {("math", "")}
+    assert pool.reports[0].malformed_examples == [("math.jsonl:3", "empty instruction")]
+    # the source's declared domain still wins over the row shape's
+    forced = load_seeds([SeedSource(path=str(tmp_path / "math.jsonl"), domain="general")]).records
+    assert {r["domain"] for r in forced} == {"general"}
+
+
+def test_math_train_reads_fully():
+    pool = load_seeds([SeedSource(path=str(_shared("math/train.jsonl")), name="math")])
+    report = pool.reports[0]
+    assert (report.rows_read, report.rows_kept, report.malformed, report.duplicates_removed) == (7500, 7500, 0, 0)
+    assert {r["domain"] for r in pool.records} == {"math"} and {r["language"] for r in pool.records} == {""}
+    assert all("\\boxed" in r["output"] for r in pool.records)
+    assert pool.records[1]["instruction"] == "If $A=2+i$, $O=-4$, $P=-i$, and $S=2+4i$, find $A-O+P+S$."
+    assert pool.records[-1]["origin"] == "train.jsonl:7500"
+
+
+SHAREGPT_ROWS = [  # ShareGPT dumps: {id, conversations: [{from: human|gpt|system, value}]}
+    {"id": "QWJhYvA_0", "conversations": [
+        {"from": "human", "value": "Summarize the main ideas of Jeff Walker's Product Launch Formula."},
+        {"from": "gpt", "value": "Here are the main ideas: seed launch, internal launch, JV launch."},
+        {"from": "human", "value": "Summarize the main ideas of Brendon Burchard's Experts Academy."},
+        {"from": "gpt", "value": "Experts Academy teaches how to build an expert business."},
+    ]},
+    {"id": "i6IyJda_0", "conversations": [  # the assistant speaks first: its turn is not the answer
+        {"from": "gpt", "value": "Hi! How can I help?"},
+        {"from": "human", "value": "How do I make a cup of tea?"},
+        {"from": "gpt", "value": "Boil water, steep the leaf for three minutes, then pour."},
+    ]},
+    {"id": "A5AbcES_0", "conversations": [{"from": "human", "value": "Tell me a joke."}]},  # no answer yet
+    {"id": "wmCqh8x_0", "conversations": [{"from": "gpt", "value": "An answer to nothing."}]},
+    {"id": "k2Bq0mT_0", "conversations": []},
+]
+
+
+def test_sharegpt_rows_first_human_turn_and_the_gpt_turn_after_it(tmp_path):
+    pool = load_seeds([SeedSource(path=str(_write_jsonl(tmp_path / "sharegpt.jsonl", SHAREGPT_ROWS)),
+                                  max_malformed_fraction=0.9)])
+    got = [(r["instruction"], r["output"]) for r in pool.records]
+    assert got == [
+        ("Summarize the main ideas of Jeff Walker's Product Launch Formula.",
+         "Here are the main ideas: seed launch, internal launch, JV launch."),
+        ("How do I make a cup of tea?", "Boil water, steep the leaf for three minutes, then pour."),
+        ("Tell me a joke.", ""),
+    ]
+    assert pool.reports[0].malformed_examples == [
+        ("sharegpt.jsonl:4", "no user turn in 'conversations' (roles: gpt)"),
+        ("sharegpt.jsonl:5", "no user turn in 'conversations' (roles: none: the list is empty)"),
+    ]
+
+
+def test_source_domains_are_the_declared_domains(tmp_path):
+    code = _write_jsonl(tmp_path / "code.jsonl", ALPACA)
+    chat = _write_jsonl(tmp_path / "chat.jsonl", SHAREGPT_ROWS[:2])
+    pool = load_seeds([SeedSource(path=str(code), domain="code"), SeedSource(path=str(chat))])
+    assert pool.source_domains == {"code": "code", "chat": "auto"}
+    assert pool.summary()["source_domains"] == {"code": "code", "chat": "auto"}
+    assert [r["domain"] for r in pool.records if r["source"] == "code"] == ["code"] * 3
+    with pytest.raises(SeedError, match=r"two seed sources are labelled 'code' but declare domains 'code' and 'math'"):
+        load_seeds([SeedSource(path=str(code), domain="code"), SeedSource(path=str(chat), name="code", domain="math")])
+
+
+LANGUAGE_ROWS = [
+    {"instruction": "Write a Python function that reverses a list.", "output": "def rev(xs):\n    return xs[::-1]"},
+    {"instruction": "Write a Java method that adds two ints.", "output": "int add(int a, int b) { return a + b; }"},
+    {"instruction": "Reverse a string.", "output": "def rev(s):\n    return s[::-1]"},  # python by its code
+    {"instruction": "Explain recursion to a child."},  # no language
+    {"instruction": "Write a C++ program that prints 1.", "output": "#include <iostream>"},
+    "{broken",
+]
+
+
+def test_language_filter_keeps_or_drops_rows_and_counts_them(tmp_path):
+    path = _write_jsonl(tmp_path / "mixed.jsonl", LANGUAGE_ROWS[:5])
+    with path.open("a") as fh:
+        fh.write(LANGUAGE_ROWS[5] + "\n")
+    everything = load_seeds([SeedSource(path=str(path))])
+    python = load_seeds([SeedSource(path=str(path), languages=["Python"])])
+    rest = load_seeds([SeedSource(path=str(path), exclude_languages=["py"])])
+    assert [r["language"] for r in python.records] == ["python", "python"]
+    assert [r["language"] for r in rest.records] == ["java", "", "cpp"]
+    # C_PI and C_NPI: a partition of the source's valid rows, in file order
+    assert sorted(r["origin"] for r in python.records + rest.records) == sorted(r["origin"] for r in everything.records)
+    for pool, dropped in ((python, 3), (rest, 2)):
+        report = pool.reports[0]
+        assert (report.filtered_language, report.malformed, report.duplicates_removed) == (dropped, 1, 0)
+        assert pool.summary()["filtered_language"] == dropped and pool.summary()["malformed"] == 1
+    several = load_seeds([SeedSource(path=str(path), languages=["java", "C++"])]).records
+    assert [r["language"] for r in several] == ["java", "cpp"]
+    # limit counts the rows the filter keeps
+    limited = load_seeds([SeedSource(path=str(path), exclude_languages=["python"], limit=2)]).records
+    assert [r["origin"] for r in limited] == ["mixed.jsonl:2", "mixed.jsonl:4"]
+
+
+def test_language_filter_that_keeps_nothing_is_an_error(tmp_path):
+    path = _write_jsonl(tmp_path / "py.jsonl", LANGUAGE_ROWS[:1] + LANGUAGE_ROWS[2:3])
+    with pytest.raises(SeedError) as err:
+        load_seeds([SeedSource(path=str(path), languages=["rust", "go"])])
+    expected = f"{path}: languages ['rust', 'go'] keeps none of the 2 valid rows (their languages: python 2)"
+    assert str(err.value) == expected
+
+
+def test_python_split_of_the_quickstart_seeds_is_a_partition():
+    everything = load_seeds([SeedSource(path=str(QUICKSTART))]).records
+    c_pi = load_seeds([SeedSource(path=str(QUICKSTART), languages=["python"])])
+    c_npi = load_seeds([SeedSource(path=str(QUICKSTART), exclude_languages=["python"])])
+    assert {r["language"] for r in c_pi.records} == {"python"}
+    assert "python" not in {r["language"] for r in c_npi.records} and "" in {r["language"] for r in c_npi.records}
+    assert len(c_pi) + len(c_npi) == len(everything) == 24
+    assert {r["id"] for r in c_pi.records} | {r["id"] for r in c_npi.records} == {r["id"] for r in everything}
+    assert c_pi.reports[0].filtered_language == len(c_npi) and c_npi.reports[0].filtered_language == len(c_pi)
+
+
+def _task_rows(n: int) -> list[dict]:
+    return [{"instruction": f"Write a haiku about the number {i}."} for i in range(n)]
+
+
+def test_random_limit_is_seeded_uniform_and_keeps_file_order(tmp_path):
+    path = _write_jsonl(tmp_path / "many.jsonl", _task_rows(40))
+    # domain and language forced: no detection, so 200 loads stay fast
+    source = SeedSource(path=str(path), limit=10, sample="random", domain="general", language="python")
+
+    def draw(seed: int) -> list[int]:
+        return [int(r["origin"].split(":")[1]) for r in load_seeds([source], seed=seed).records]
+
+    first = draw(3)
+    assert len(first) == 10 and first == sorted(first) and first == draw(3)
+    assert first != list(range(1, 11))  # not the first ten
+    draws = [draw(seed) for seed in range(200)]
+    assert len({tuple(d) for d in draws}) == 200
+    counts = [sum(line in d for d in draws) for line in range(1, 41)]
+    # each row is kept with probability 1/4: 50 of 200 draws, sd ~6.1; 26..74 is 4 sd
+    assert min(counts) >= 26 and max(counts) <= 74, counts
+    report = load_seeds([source], seed=3).reports[0]
+    assert (report.rows_kept, report.sampled_from) == (10, 40)
+    assert load_seeds([SeedSource(path=str(path), limit=10)]).reports[0].sampled_from is None
+
+
+def test_random_limit_skips_duplicates_and_ignores_other_sources(tmp_path):
+    rows = _task_rows(30)
+    path = _write_jsonl(tmp_path / "pool.jsonl", rows + rows[:5])  # rows 31-35 repeat rows 1-5
+    alone = load_seeds([SeedSource(path=str(path), limit=8, sample="random")], seed=11)
+    other = _write_jsonl(tmp_path / "other.jsonl", [{"instruction": "Name a colour."}, {"instruction": "Name a bird."}])
+    together = load_seeds([SeedSource(path=str(other)), SeedSource(path=str(path), limit=8, sample="random")], seed=11)
+    assert [r["id"] for r in together.records[2:]] == [r["id"] for r in alone.records]
+    assert all(int(r["origin"].split(":")[1]) <= 30 for r in alone.records)
+    assert alone.reports[0].duplicates_removed == 5 and alone.reports[0].sampled_from == 30
+    # rows already in the pool are not candidates: an earlier source holding rows 1-25 leaves rows 26-30
+    earlier = _write_jsonl(tmp_path / "earlier.jsonl", rows[:25])
+    after = load_seeds([SeedSource(path=str(earlier)), SeedSource(path=str(path), limit=8, sample="random")], seed=11)
+    assert [r["origin"] for r in after.records[25:]] == [f"pool.jsonl:{n}" for n in range(26, 31)]
+    assert after.reports[1].sampled_from == 5

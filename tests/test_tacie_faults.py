@@ -38,7 +38,9 @@ def _job(tmp_path, base_url: str, **teacher) -> dict:
 def test_a_teacher_answering_garbage_leaves_an_incomplete_run_with_counts(tmp_path, code_alpaca):
     with FaultInjectingOpenAIServer(faults=always("empty")) as srv:
         path = tmp_path / "job.yaml"
-        path.write_text(yaml.safe_dump(_job(tmp_path, srv.base_url)))
+        job = _job(tmp_path, srv.base_url)
+        job["seeds"][1]["clusters"] = 3  # GSM8K: three clusters as given (TaCIE's per-source counts), no elbow
+        path.write_text(yaml.safe_dump(job))
         proc = fusion_cli("run", str(path), timeout=600)
         calls = srv.total_calls
     assert proc.returncode == 3, proc.stderr[-3000:]
@@ -47,6 +49,9 @@ def test_a_teacher_answering_garbage_leaves_an_incomplete_run_with_counts(tmp_pa
     assert manifest["rounds_completed"] == 0 and not manifest["complete"]
     attempts = manifest["counts"]["attempts"]
     chosen = sum(v["chosen"] for v in manifest["collection"].values())
+    collection = manifest["collection"]
+    assert (collection["train"]["k"], collection["train"]["k_from"], collection["train"]["chosen"]) == (3, "given", 3)
+    assert collection["code_alpaca_2k"]["k_from"] == "elbow" and 2 <= collection["code_alpaca_2k"]["k"] <= 4
     # every chosen seed: one decomposition and one response; diversification (Appendix B.2) shows the
     # seed's elements, so a seed that could not be decomposed is not diversified
     assert "diversify" not in attempts

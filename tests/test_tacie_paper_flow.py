@@ -5,7 +5,11 @@ template by its text and answers as GPT-4o would in the paper's layout, so the
 test checks the pipeline's side: seeds decomposed before they are diversified
 (B.2 shows the seed's elements, in Appendix B's layout), ten new prompts asked
 for and `collection.diversify` kept (the most mutually dissimilar), one depth
-template (operation `depth`), B.4's fused sections before `**Fused Prompt:**`.
+template (operation `depth`), B.4's fused sections before `**Fused Prompt:**`;
+and the sampling bookkeeping of section 2.3: the root domain is the source's
+declared domain, M_d and M_f default to a sixth of round 0's pool, n_c (eq. 7)
+counts every fusion drawn, even one whose answer did not parse, and a fused
+child's n_obj is the sum of its parents'.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from tests.sft_helpers import save_tiny_model
 
 SEEDS = [
     "Write a Python function that returns the sum of the squares of a list of integers.",
-    "Explain the difference between a process and a thread in an operating system.",
+    "Write a short poem about the autumn rain falling on a quiet village.",
     "Write a SQL query that lists the ten customers with the highest total order value.",
 ]
 NEW_TASKS = [
@@ -93,17 +97,22 @@ def paper_run(tmp_path_factory, local_ray):
 
     def teacher(messages: list[dict]) -> str:
         requests.append(messages[-1]["content"])
+        if messages[-1]["content"].startswith("Based on the prompt’s existing background"):  # B.4
+            if sum(r.startswith("Based on the prompt’s existing background") for r in requests) == 1:
+                return "I cannot fuse these two prompts."  # the first fusion fails to parse
         return paper_teacher(messages)
 
     with FaultInjectingOpenAIServer(responder=teacher) as srv:
         job = parse_job({
             "kind": "tacie", "name": "paper-flow", "seed": 11,
-            "seeds": [{"path": str(seeds)}],
+            # no declared domain: the root domain of every item is the source's, the domain most of its
+            # rows read as (two code seeds, one general), not each row's own
+            "seeds": [{"path": str(seeds), "name": "mixed"}],
             "teacher": openai_teacher(srv.base_url),
             "collection": {"cluster": False, "diversify": 3},
             # a tiny random Llama as the scorer, N_U = 2: this test is about the templates, not the scores
             "scorer": {"backend": "hf", "model": str(scorer), "num_perturbations": 2, "max_length": 96, "batch_size": 16},
-            "evolution": {"rounds": 1, "depth_per_round": 2, "fusion_per_round": 2},
+            "evolution": {"rounds": 1},  # M_d = M_f = a sixth of round 0's 12 items = 2
             "filters": {"decontaminate": [], "near_duplicate_threshold": None},
             "output_dir": str(tmp / "run"),
         })
@@ -148,7 +157,7 @@ def test_evolution_uses_the_one_depth_template_and_b4(paper_run):
     assert manifest["templates"]["depth"] == {**manifest["templates"]["depth"], "ref": "tacie_depth@v2", "source": "paper"}
     evolved = [it for it in items if it["round"] == 1]
     ops = sorted(it["operation"] for it in evolved)
-    assert ops.count("depth") == 2 and len(ops) == 4, ops
+    assert ops.count("depth") == 2 and len(ops) == 3, ops  # one of the two fusions did not parse
     for it in evolved:
         if it["operation"] == "depth":
             assert it["instruction"].endswith("The answer must also handle empty input.")
@@ -159,3 +168,26 @@ def test_evolution_uses_the_one_depth_template_and_b4(paper_run):
     # B.3 is sent with the parent's prompt and elements in Appendix B's layout
     b3 = [r for r in requests if r.startswith("Based on a prompt’s existing background")]
     assert len(b3) == 2 and all(re.search(r"### Original\n\n\*\*Prompt:\*\*\n.+\n\n\*\*Background Settings:\*\*\n", r) for r in b3)
+
+
+def test_round_amounts_root_domains_and_eq7_counts(paper_run):
+    manifest, items, requests = paper_run
+    metrics = manifest["counts"]
+    round0 = sum(it["round"] == 0 and bool(it["response"]) for it in items)
+    assert round0 == 12 and metrics["by_round"]["0"] == 12
+    run_dir = manifest["config"]["output_dir"]
+    rounds = json.loads((__import__("pathlib").Path(run_dir) / "metrics.json").read_text())["rounds"]
+    draws = rounds[1]["draws"]
+    assert (draws["m_d"], draws["m_f"], draws["depth"], draws["fusion"]) == (2, 2, 2, 2)
+    # one source: one root domain for every item, whatever its own row was detected as
+    assert sorted(it["domain"] for it in items if it["operation"] == "seed") == ["code", "code", "general"]
+    assert {it["root_domain"] for it in items} == {"code"} and manifest["root_domains"] == {"mixed": "code"}
+    attempts = pq.read_table(__import__("pathlib").Path(run_dir) / "attempts.parquet").to_pylist()
+    fusions = [a for a in attempts if a["operation"].startswith("fusion")]
+    assert len(fusions) == 2 and sorted(a["outcome"] for a in fusions) == ["ok", "parse_error"]
+    by_id = {it["id"]: it for it in items}
+    for it in items:  # eq. 7's n_c: every fusion drawn, the failed one included
+        assert it["n_fusions"] == sum(it["id"] in a["parent_ids"] for a in fusions)
+    (child,) = [it for it in items if it["operation"].startswith("fusion")]
+    parents = [by_id[p] for p in child["parent_ids"]]
+    assert child["n_objectives"] == sum(max(1, len(p["objectives"])) for p in parents) == 2

@@ -58,16 +58,21 @@ def test_bad_arguments():
         uncertainty(0.5, [])
 
 
-def test_sequence_probability_is_the_geometric_mean_of_token_probabilities():
+def test_eq3_q_is_the_geometric_mean_of_token_probabilities():
     assert sequence_probability([math.log(0.5), math.log(0.125)]) == pytest.approx(0.25)
     assert sequence_probability([0.0, 0.0]) == 1.0
     # independent of length: the same per-token confidence gives the same q
     assert sequence_probability([math.log(0.5)] * 3) == pytest.approx(0.5)
     assert sequence_probability([math.log(0.5)] * 300) == pytest.approx(0.5)
     assert math.isnan(sequence_probability([]))
+    # the literal product P(r | c), switchable
+    assert sequence_probability([math.log(0.5), math.log(0.125)], "product") == pytest.approx(0.0625)
+    assert sequence_probability([math.log(0.5)] * 300, "product") < 1e-80
+    with pytest.raises(ValueError, match="kind"):
+        sequence_probability([0.0], "sum")
 
 
-def test_uncertainty_is_the_mean_absolute_change():
+def test_eq2_uncertainty_is_the_mean_absolute_change():
     assert uncertainty(0.5, [0.4, 0.7, 0.5]) == pytest.approx((0.1 + 0.2 + 0.0) / 3)
     assert uncertainty(0.3, [0.3] * 10) == 0.0
     assert uncertainty(0.2, [0.9]) == pytest.approx(0.7)

@@ -3,6 +3,8 @@
 One request per (problem, sample): a plain completion of the benchmark prompt
 (``prompt: completion``) or the ``eval_instruct`` chat template
 (``prompt: chat``), with the benchmark's stop sequences in completion mode.
+The mode is per (model, benchmark): a benchmark's own ``prompt`` overrides the
+model's (the IF paper: MultiPL-E in completion mode, HumanEval/MBPP as chat).
 Each sample has its own seed, derived from the job seed, the model, the task
 and the sample index, so a rerun asks the same questions and is answered from
 the run's call cache. Requests are the teacher stage's rows
@@ -13,7 +15,7 @@ compatible endpoint, in-process vLLM, the embedded server) as data generation.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Mapping
 
 from ray_pipeline.config import EvalModelConfig, EvalSamplingConfig
 from ray_pipeline.determinism import derived_seed
@@ -41,12 +43,19 @@ def request_rows(
     job_seed: int,
     model_name: str,
     cache: dict[str, ChatResult],
+    modes: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Teacher-stage rows for every (problem, sample), with the problem's JSON riding along."""
-    template = load_template(model.template) if model.prompt == "chat" else None
+    """Teacher-stage rows for every (problem, sample), with the problem's JSON riding along.
+
+    ``modes``: {benchmark: completion|chat} (``EvalJob.prompt_modes``); a benchmark not in it takes ``model.prompt``.
+    """
+    template = None
     rows = []
     for problem in problems:
-        if template is None:
+        chat = prompt_mode(problem.benchmark, model, modes) == "chat"
+        if chat and template is None:
+            template = load_template(model.template)
+        if not chat:
             messages = json.dumps(postprocess.completion_prompt(problem), ensure_ascii=False)
             stop = problem.stop
         else:
@@ -72,14 +81,24 @@ def request_rows(
     return rows
 
 
-def to_sample(row: dict[str, Any], prompt_mode: str) -> dict[str, Any]:
-    """A generated sample: the raw answer and the solution the executor will run."""
+def prompt_mode(benchmark: str, model: EvalModelConfig, modes: Mapping[str, str] | None = None) -> str:
+    """completion or chat: the mode of ``model`` on ``benchmark``."""
+    return (modes or {}).get(benchmark) or model.prompt
+
+
+def to_sample(row: dict[str, Any], mode: str | Mapping[str, str]) -> dict[str, Any]:
+    """A generated sample: the raw answer and the solution the executor will run.
+
+    ``mode``: completion or chat, or {benchmark: mode} (the problem's benchmark picks it).
+    """
     problem = Problem.from_json(json.loads(row["problem"]))
+    if not isinstance(mode, str):
+        mode = mode[problem.benchmark]
     answer = row[f"{PREFIX}_text"] or ""
     error = row[f"{PREFIX}_error"] or ""
     if error:
         solution = ""
-    elif prompt_mode == "chat":
+    elif mode == "chat":
         solution = postprocess.solution_from_chat(problem, answer)
     else:
         solution = postprocess.solution_from_completion(problem, answer)

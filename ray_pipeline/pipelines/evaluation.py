@@ -61,7 +61,7 @@ def preflight(job: EvalJob, local: bool = True) -> tuple[list[Suite], dict[str, 
     decide what is skipped and its scoring path is checked here.
     """
     for model in job.models:
-        if model.prompt == "chat":
+        if "chat" in job.prompt_modes(model).values():
             load_template(model.template)
     suites = load_suites(job.benchmarks)
     skipped: dict[str, str] = {}
@@ -123,7 +123,8 @@ class EvaluationRun:
         for model in job.models:
             t_model = time.monotonic()
             name = configured_model_name(model.backend)
-            rows = request_rows(problems, model, job.sampling, job.seed, name, cache)
+            modes = job.prompt_modes(model)  # per benchmark: its own prompt, else the model's
+            rows = request_rows(problems, model, job.sampling, job.seed, name, cache, modes)
             if not rows:  # e.g. a shard with no task here: start no model
                 answered, tally = [], CallTally()
             elif all(r["cached"] for r in rows):  # a rerun: every answer is in the cache, start no model
@@ -135,12 +136,12 @@ class EvaluationRun:
                     calls = TeacherCalls(stage_cfg, job.ray, self.run.cache_dir)
                     answered = calls.run(rows, prefix=PREFIX)
                     tally = calls.tally
-            model_samples = [to_sample(r, model.prompt) for r in answered]
+            model_samples = [to_sample(r, modes) for r in answered]
             atomic_write_jsonl(self.run.path / "samples" / f"{model.label}.jsonl",
                                ({k: v for k, v in s.items() if k != "problem"} for s in model_samples))
             samples += model_samples
             generation[model.label] = {
-                "model": name, "prompt": model.prompt, "samples": len(model_samples),
+                "model": name, "prompt": model.prompt, "prompt_by_benchmark": modes, "samples": len(model_samples),
                 "errors": sum(1 for s in model_samples if s["generation_error"]),
                 "calls": tally.calls, "cache_hits": tally.cache_hits,
                 "prompt_tokens": tally.prompt_tokens, "completion_tokens": tally.completion_tokens,
@@ -162,7 +163,9 @@ class EvaluationRun:
         for label in labels:
             atomic_write_jsonl(self.run.path / "results" / f"{label}.jsonl", by_model[label])
         atomic_write_json(self.run.path / "summary.json", summary)
-        atomic_write_text(self.run.path / "summary.md", results.to_markdown(summary, title=job.name))
+        summary["prompt_modes"] = {label: gen["prompt_by_benchmark"] for label, gen in generation.items()}
+        atomic_write_text(self.run.path / "summary.md",
+                          results.to_markdown(summary, title=job.name) + _modes_line(summary["prompt_modes"]))
         manifest = {
             "job": job.name,
             "kind": job.kind,
@@ -209,6 +212,13 @@ class EvaluationRun:
         for row in scored:
             row.pop("problem", None)
         return scored
+
+
+def _modes_line(modes: dict[str, dict[str, str]]) -> str:
+    """summary.md's record of how each model was asked on each benchmark."""
+    parts = [f"{label} (" + ", ".join(f"{bench} {mode}" for bench, mode in by_bench.items()) + ")"
+             for label, by_bench in modes.items()]
+    return "Prompt modes: " + "; ".join(parts) + "\n" if parts else ""
 
 
 def _skipped_rows(suites: list[Suite], skipped: dict[str, str], labels: list[str]) -> list[dict[str, Any]]:

@@ -27,11 +27,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
 from ray_pipeline.cache import load_cache
-from ray_pipeline.config import InstructionFusionJob, job_to_dict
+from ray_pipeline.config import EmbeddingConfig, InstructionFusionJob, job_to_dict
+from ray_pipeline.diversity import diversity_u
+from ray_pipeline.embeddings import embed_texts
 from ray_pipeline.errors import SeedError
 from ray_pipeline.executor import connect
 from ray_pipeline.outputs import RunDir, config_hash, package_versions
@@ -52,6 +55,16 @@ log = logging.getLogger(__name__)
 # a bounded round size.
 _PRIOR_PASS_RATE = 0.8
 _MIN_PASS_RATE = 0.1
+
+
+def pool_diversity(seeds: list[str], fused: list[str], embedding: EmbeddingConfig) -> dict[str, Any]:
+    """The IF paper's uniformity U (section 3; TaCIE eq. 8-10) of the seed pool, the fused
+    instructions and the two together (the paper's C_30 vs C_30 + H_20); None below 3 texts."""
+    vectors = embed_texts(seeds + fused, embedding) if seeds or fused else np.zeros((0, 1))
+    parts = {"seeds": vectors[: len(seeds)], "fused": vectors[len(seeds):], "seeds_and_fused": vectors}
+    return {"metric": "euclidean"} | {
+        name: float(diversity_u(X)) if len(X) >= 3 else None for name, X in parts.items()
+    } | {"n": {name: len(X) for name, X in parts.items()}}
 
 
 def seed_prompt(seed: dict[str, str]) -> str:
@@ -96,7 +109,7 @@ class InstructionFusionRun:
         response_tpl = load_template(job.response.template)
         warn_not_from_papers({"fusion": fusion_tpl})  # the paper gives no response prompt
 
-        pool = load_seeds(job.seeds)
+        pool = load_seeds(job.seeds, seed=job.seed)
         seeds = pool.records
         if len(seeds) < 2:
             raise SeedError(
@@ -133,6 +146,10 @@ class InstructionFusionRun:
         self.run.write_jsonl("sft_messages.jsonl", (_sft_messages(r) for r in sft))
         self.run.write_jsonl("sft_alpaca.jsonl", (_sft_alpaca(r) for r in sft))
         manifest = self._manifest(config, pool, rows, tally, stop_reason, model, calls.started, cluster, t0)
+        if job.diversity:
+            manifest["diversity"] = pool_diversity(
+                [seed_prompt(s) for s in seeds], [r["instruction"] for r in sft], job.embedding
+            )
         self.run.write_manifest(manifest)
         return manifest
 

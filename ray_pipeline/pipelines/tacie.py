@@ -1,23 +1,27 @@
 """TaCIE (Yang et al., 2024): task-centred, multi-round instruction evolution.
 
+Equation numbers are the paper's (tacie.txt section 2.3; docs/fidelity.md maps each to its code).
+
 Round 0, seed collection:
-  1. read the seed pools (``seeds.load_seeds``) and embed every seed (``embeddings``);
-  2. per source, k-means with k from the elbow method, one seed per cluster (``clustering``);
-  3. decomposition of every chosen seed into background / objectives / constraints (``decomposition``);
+  1. read the seed pools (``seeds.load_seeds``) and embed every seed (``embeddings``); each source's
+     declared ``domain`` is the root domain of its seeds and of everything evolved from them;
+  2. per source, k-means with k from the elbow method (or the source's ``clusters``), one seed per
+     cluster (``clustering``);
+  3. decomposition of every chosen seed into background / objectives / constraints (eq. 1, ``decomposition``);
   4. diversification (Appendix B.2, which takes the seed's elements): the teacher writes new instructions
      with other objectives for each seed; ``collection.diversify`` of them are kept, the most mutually
      dissimilar by embedding (``diversity.most_dissimilar``); then they are decomposed too;
-  5. a response per item (teacher), and its uncertainty under the scorer LM (``stages.scorer_stage``).
+  5. a response per item (teacher), and its uncertainty under the scorer LM (eq. 2-3, ``stages.scorer_stage``).
 Rounds t = 1..T, evolution (``evolution_sampling``):
-  6. depth evolution of items drawn with p_i proportional to u_i (eq. 4): Appendix B.3's one template, in
-     which the teacher adds one constraint, or one background element to a reasoning task; task fusion of pairs drawn with eq. 5-6 by
-     Algorithm 1, half in-domain and half cross-domain;
+  6. M_d depth candidates drawn with p_i proportional to u_i (eq. 4-5), evolved by Appendix B.3's one
+     template (the teacher adds one constraint, or one background element to a reasoning task); M_f task
+     fusion pairs drawn with eq. 6-7 by Algorithm 1, half in-domain and half cross-domain, fused by B.4;
   7. parse each rewritten prompt with its sections, answer it, score it, embed it;
-  8. C(t+1) = C(t) + D(t) + F(t); fusion counts updated (eq. 7); an instruction over the token
-     limit stops evolving. The pool is checkpointed after every round; a rerun resumes at the
+  8. C(t+1) = C(t) + D(t) + F(t); n_c of every fusion parent grows (eq. 7); an instruction over the
+     token limit stops evolving. The pool is checkpointed after every round; a rerun resumes at the
      round it stopped in (teacher calls inside a round come back from the call cache).
 Finally: decontamination against benchmark prompts and near-duplicate removal (``filters``),
-diversity U per round and seeds vs evolved (``diversity``), and the run directory.
+diversity U (eq. 8-10) per round and seeds vs evolved (``diversity``), and the run directory.
 """
 
 from __future__ import annotations
@@ -44,8 +48,8 @@ from ray_pipeline.embeddings import embed_texts
 from ray_pipeline.errors import FusionError, SeedError
 from ray_pipeline.evolution_sampling import (
     EvolvableItem,
-    FusionPair,
     pair_key,
+    round_amount,
     sample_depth,
     sample_fusion_pairs,
     update_after_round,
@@ -101,6 +105,7 @@ ITEM_SCHEMA = pa.schema(
         ("uncertainty", pa.float64()),
         ("instruction_tokens", pa.int64()),
         ("n_fusions", pa.int64()),
+        ("n_objectives", pa.int64()),
         ("evolvable", pa.bool_()),
         ("status", pa.string()),
         ("embedding", pa.list_(pa.float32())),
@@ -147,6 +152,7 @@ def _new_item(**fields: Any) -> dict[str, Any]:
         "uncertainty": float("nan"),
         "instruction_tokens": 0,
         "n_fusions": 0,
+        "n_objectives": 0,
         "evolvable": False,
         "status": "new",
         "embedding": None,
@@ -241,7 +247,7 @@ def preflight(job: TaCIEJob) -> Preflight:
     else:  # Appendix B.3: one template, the teacher picks the method
         templates["depth"] = load_template(ev.depth_template)
     warn_not_from_papers({k: t for k, t in templates.items() if k != "response"})  # the paper gives no response prompt
-    pool = load_seeds(job.seeds)
+    pool = load_seeds(job.seeds, seed=job.seed)
     if not pool.records:
         raise SeedError("the seed pool is empty")
     benchmarks = {b.name: load_benchmark_prompts(b) for b in job.filters.decontaminate}
@@ -261,6 +267,7 @@ class TaCIERun:
         self.round_metrics: list[dict[str, Any]] = []
         self.used_pairs: set[tuple[str, str]] = set()
         self.collection: dict[str, Any] = {}
+        self.root_domains: dict[str, str] = {}
         self.diversification: dict[str, Any] = {}
         self.draws: dict[int, dict[str, int]] = {}
 
@@ -328,6 +335,7 @@ class TaCIERun:
         self.round_metrics = state["rounds"][: done + 1]
         self.used_pairs = {tuple(p) for p in state["used_pairs"]}
         self.collection = state.get("collection", {})
+        self.root_domains = state.get("root_domains", {})
         self.diversification = state.get("diversification", {})
         self.teacher_model = state.get("teacher_model", "")
         log.info("resuming after round %d: %d items in the pool", done, len(items))
@@ -347,6 +355,7 @@ class TaCIERun:
             "rounds": self.round_metrics,
             "used_pairs": sorted(list(p) for p in self.used_pairs),
             "collection": self.collection,
+            "root_domains": self.root_domains,
             "diversification": self.diversification,
         }
         self.checkpoint.save(t, items, self.attempts, state)
@@ -357,21 +366,24 @@ class TaCIERun:
         texts = [seed_prompt(s) for s in seeds]
         X = embed_texts(texts, job.embedding)
         if job.collection.cluster:
-            results = pick_per_source(X, [s["source"] for s in seeds], job.collection.k_min, job.collection.k_max, job.seed)
+            clusters = {src.label: src.clusters for src in job.seeds if src.clusters is not None}
+            results = pick_per_source(X, [s["source"] for s in seeds], job.collection.k_min, job.collection.k_max, job.seed,
+                                      clusters=clusters)
             chosen = sorted(i for r in results.values() for i in r.chosen)
             self.collection = {
-                src: {"seeds": int(np.sum([s["source"] == src for s in seeds])), "k": int(r.k), "chosen": len(r.chosen),
-                      "inertias": {str(k): float(v) for k, v in r.inertias.items()}}
+                src: {"seeds": int(np.sum([s["source"] == src for s in seeds])), "k": int(r.k), "k_from": r.k_from,
+                      "chosen": len(r.chosen), "inertias": {str(k): float(v) for k, v in r.inertias.items()}}
                 for src, r in results.items()
             }
         else:
             chosen = list(range(len(seeds)))
             self.collection = {"cluster": False, "chosen": len(chosen)}
         log.info("seed collection: %d of %d seeds chosen (%s)", len(chosen), len(seeds), self.collection)
+        roots = self._root_domains(seeds)
         items = [
             _new_item(
                 id=seeds[i]["id"], round=0, operation="seed", source=seeds[i]["source"], domain=seeds[i]["domain"],
-                root_domain=seeds[i]["domain"], language=seeds[i]["language"], instruction=texts[i], embedding=X[i],
+                root_domain=roots[seeds[i]["source"]], language=seeds[i]["language"], instruction=texts[i], embedding=X[i],
             )
             for i in chosen
         ]
@@ -381,6 +393,32 @@ class TaCIERun:
         items += new
         self._complete(0, items)
         return items
+
+    def _root_domains(self, seeds: list[dict[str, str]]) -> dict[str, str]:
+        """The root domain of each seed source (eq. 7's n_root; in- or cross-domain fusion), which every item
+        descended from its seeds inherits from its first parent.
+
+        The paper's root domains are the sources' domains (Alpaca and ShareGPT general, GSM8K and MATH math,
+        CodeAlpaca code): a source's declared ``domain``. A source left at ``auto`` takes the domain most of its
+        rows were detected as, with a warning. ``evolution.root_domain: source`` uses the source label instead,
+        as the authors' code does.
+        """
+        if self.job.evolution.root_domain == "source":
+            return {s["source"]: s["source"] for s in seeds}
+        declared = self.pool.source_domains
+        detected: dict[str, Counter] = {}
+        for s in seeds:
+            detected.setdefault(s["source"], Counter())[s["domain"]] += 1
+        roots = {}
+        for label, counts in detected.items():
+            domain = declared.get(label, "auto")
+            if domain == "auto":
+                domain = counts.most_common(1)[0][0]
+                log.warning("seed source %s declares no domain: its root domain is %s, the domain most of its rows "
+                            "were detected as (%s); set `domain:` on the source to choose", label, domain, dict(counts))
+            roots[label] = domain
+        self.root_domains = roots
+        return roots
 
     def _diversify(self, seeds: list[dict[str, Any]]) -> list[dict[str, Any]]:
         n = self.job.collection.diversify
@@ -467,7 +505,8 @@ class TaCIERun:
                 outcome, reason = parsed.outcome, parsed.reason
                 if parsed.outcome == "ok":
                     c = parsed.components
-                    item.update(background=list(c.background), objectives=list(c.objectives), constraints=list(c.constraints))
+                    item.update(background=list(c.background), objectives=list(c.objectives), constraints=list(c.constraints),
+                                n_objectives=len(c.objectives))
             item["decomposition_outcome"] = outcome
             self._attempt(0, "decompose", item["id"], item["parent_ids"], outcome, reason, row, "decompose")
 
@@ -536,23 +575,29 @@ class TaCIERun:
         candidates = [
             EvolvableItem(
                 id=items[i]["id"], uncertainty=items[i]["uncertainty"], n_fusions=items[i]["n_fusions"],
-                n_objectives=len(items[i]["objectives"]), root_domain=items[i]["root_domain"],
+                n_objectives=_n_objectives(items[i]), root_domain=items[i]["root_domain"],
             )
             for i in pool_idx
         ]
-        half = len(candidates) // 2
-        k_depth = ev.depth_per_round if ev.depth_per_round is not None else max(1, half)
-        k_fusion = ev.fusion_per_round if ev.fusion_per_round is not None else half
+        round0 = self.round_metrics[0]["pool_size"] if self.round_metrics else len(candidates)
+        m_d = round_amount(ev.depth_per_round, round0)  # M_d (eq. 5)
+        m_f = round_amount(ev.fusion_per_round, round0)  # M_f (Algorithm 1)
         rng = np.random.default_rng([job.seed, t])
-        depth = sample_depth(candidates, k_depth, rng)
-        draw = sample_fusion_pairs(candidates, k_fusion, rng, exclude=frozenset(self.used_pairs))
+        depth = sample_depth(candidates, m_d, rng)
+        exclude = frozenset(self.used_pairs) if ev.exclude_used_pairs else frozenset()
+        draw = sample_fusion_pairs(candidates, m_f, rng, exclude=exclude)
         if draw.shortfall:
-            log.warning("round %d: %d fusion pairs short (no unused pair left)", t, draw.shortfall)
-        self.draws[t] = {"depth": len(depth), "fusion": len(draw.pairs), "fusion_short": draw.shortfall,
-                         "cross_as_in_domain": draw.cross_as_in_domain}
+            log.warning("round %d: %d fusion pairs short (no item could make another pair)", t, draw.shortfall)
+        self.draws[t] = {
+            "m_d": m_d, "m_f": m_f, "depth": len(depth), "fusion": len(draw.pairs),
+            "fusion_in_domain": sum(not p.cross_domain for p in draw.pairs),
+            "fusion_cross_domain": sum(p.cross_domain for p in draw.pairs),
+            "fusion_short": draw.shortfall, "cross_as_in_domain": draw.cross_as_in_domain,
+            "in_as_cross_domain": draw.in_as_cross_domain, "replaced_first": draw.replaced_first,
+            "c_b_draws": draw.draws,
+        }
 
         requests: list[dict[str, Any]] = []
-        pair_of: dict[int, FusionPair] = {}
         for n, c in enumerate(depth):
             parent = items[pool_idx[c]]
             if "depth" in self.templates:
@@ -568,13 +613,11 @@ class TaCIERun:
             self.used_pairs.add(pair_key(a["id"], b["id"]))
             seed = derived_seed(job.seed, "evolve", t, op, n, a["id"], b["id"])
             req = self.builders["fusion"].request(seed, **task_values(self.templates["fusion"], a, b))
-            pair_of[len(requests)] = pair
             requests.append({"k": len(requests), "op": op, "parents": json.dumps([a["id"], b["id"]]), **req})
 
         by_id = {it["id"]: it for it in items}
         known = set(by_id)
         children: list[dict[str, Any]] = []
-        fused: list[FusionPair] = []
         for row in self.calls.run(requests, "evolve", order_key="k"):
             op, parent_ids = row["op"], json.loads(row["parents"])
             parents = [by_id[p] for p in parent_ids]
@@ -601,19 +644,19 @@ class TaCIERun:
             first = parents[0]
             c = parsed.components
             tpl = self.templates["fusion" if op.startswith("fusion") else op]
+            # eq. 7's n_obj: a fused child holds both parents' objectives; a depth child its own
+            n_obj = sum(_n_objectives(p) for p in parents) if op.startswith("fusion") else len(c.objectives)
             children.append(
                 _new_item(
                     id=child_id, round=t, operation=op, parent_ids=parent_ids, source=first["source"],
                     domain=first["domain"], root_domain=first["root_domain"], language=first["language"],
                     instruction=parsed.instruction, background=list(c.background), objectives=list(c.objectives),
-                    constraints=list(c.constraints), decomposition_outcome="ok",
+                    constraints=list(c.constraints), decomposition_outcome="ok", n_objectives=n_obj,
                     template=tpl.ref, template_sha256=tpl.sha256,
                 )
             )
-            if op.startswith("fusion"):
-                fused.append(pair_of[row["k"]])
-        # eq. 7: a parent's fusion count n_c grows with every fusion that made a child
-        for i, cand in zip(pool_idx, update_after_round(candidates, fused, [])):
+        # eq. 7: n_c is how often an item seeded a task fusion: every pair drawn counts, parsed or not
+        for i, cand in zip(pool_idx, update_after_round(candidates, draw.pairs, [])):
             items[i]["n_fusions"] = cand.n_fusions
         self._complete(t, children)
         return items + children
@@ -734,6 +777,7 @@ class TaCIERun:
             "templates": {k: t.record() for k, t in self.templates.items()},
             "seeds": pool.summary(),
             "collection": self.collection,
+            "root_domains": self.root_domains,
             "diversification": self.diversification,
             "rounds_requested": job.evolution.rounds,
             "rounds_completed": rounds_done,
@@ -749,6 +793,7 @@ class TaCIERun:
             },
             "filters": filters,
             "diversity": metrics["diversity"],
+            "diversity_metric": "euclidean",  # d_i of eq. 9
             "tokens": tokens,
             "this_run": {"calls": tally.calls, "retries": tally.retries, "cache_hits": tally.cache_hits,
                          "prompt": tally.spent_prompt, "completion": tally.spent_completion},
@@ -767,6 +812,11 @@ class TaCIERun:
         manifest = _json_safe(manifest)
         self.run.write_manifest(manifest)
         return manifest
+
+
+def _n_objectives(item: dict[str, Any]) -> int:
+    """n_obj of eq. 7: recorded for evolved items, else the count of the item's objectives (at least 1)."""
+    return max(1, int(item.get("n_objectives") or len(item["objectives"])))
 
 
 def _float(value: Any) -> float:

@@ -1,8 +1,8 @@
 """The stage that scores instructions: q = P(response | instruction) and the uncertainty u.
 
 Rows in: ``id``, ``instruction``, ``response``. Rows out: the same rows plus
-``q`` (equation 1 of ``ray_pipeline/uncertainty.py``), ``q_perturbed`` (the N_U
-values of equation 2), ``uncertainty`` (u, equation 3), ``instruction_tokens``
+``q`` (TaCIE eq. 3 for the instruction itself; ``ray_pipeline/uncertainty.py``), ``q_perturbed``
+(the N_U values q_ij of eq. 3), ``uncertainty`` (u, eq. 2), ``instruction_tokens``
 (scorer tokens of the instruction), ``response_truncated`` (the response was
 cut to fit ``max_length``) and ``scorer_node``.
 
@@ -54,7 +54,7 @@ class ScorerStage:
         for k, full in enumerate(response_tokens):
             group = logprobs[k * (n + 1) : (k + 1) * (n + 1)]
             common = min(len(lp) for lp in group)
-            scores = [sequence_probability(lp[:common]) for lp in group]
+            scores = [sequence_probability(lp[:common], self.cfg.probability) for lp in group]
             q.append(scores[0])
             q_perturbed.append(scores[1:])
             u.append(uncertainty(scores[0], scores[1:]))
