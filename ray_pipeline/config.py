@@ -48,27 +48,8 @@ class RowLocation(_Strict):
     hf_config: str | None = None
     split: str = "train"
     format: Literal["auto", "json", "jsonl", "parquet"] = "auto"
-    limit: int | None = Field(
-        None, gt=0, description="keep only the first N valid rows (a seed source: or a random N, see sample)"
-    )
+    limit: int | None = Field(None, gt=0, description="keep only the first N valid rows (or a random N, see sample)")
     max_malformed_fraction: float = Field(0.5, ge=0.0, le=1.0)
-
-    def location(self) -> dict[str, Any]:
-        """These fields alone, to build another source that reads the same rows."""
-        return self.model_dump(include=set(RowLocation.model_fields))
-
-
-class SeedSource(RowLocation):
-    """One seed pool: a local file or directory, a URL, or a Hugging Face dataset."""
-
-    name: str | None = Field(None, description="source label recorded on every seed (default: file stem or dataset id)")
-    domain: Literal["auto", "code", "math", "general"] = Field(
-        "auto",
-        description="the source's declared domain: forced on every seed's `domain` (auto: detected per row), and "
-        "TaCIE's root domain of every seed of this source (eq. 7's n_root, in- vs cross-domain fusion; "
-        "SeedPool.source_domains)",
-    )
-    language: str | None = Field(None, description="force the programming language of every seed")
     languages: list[str] | None = Field(
         None, min_length=1,
         description="keep only rows whose programming language (detected, or forced by `language`) is one of these "
@@ -85,17 +66,6 @@ class SeedSource(RowLocation):
         description="which `limit` rows are kept: the first N valid, non-duplicate rows, or a uniformly random N of "
         "them (seeded by the job seed and the source label; kept in file order)",
     )
-    clusters: int | None = Field(
-        None, gt=0,
-        description="TaCIE seed collection: k-means clusters for this source (one seed kept per cluster; capped at "
-        "its seed count), instead of the elbow over collection.k_min..k_max (tacie.txt 2.4: 3,000 / 1,500)",
-    )
-
-    @model_validator(mode="after")
-    def _one_location(self) -> "SeedSource":
-        if (self.path is None) == (self.hf is None):
-            raise ValueError("give exactly one of 'path' or 'hf'")
-        return self
 
     @field_validator("languages", "exclude_languages")
     @classmethod
@@ -113,11 +83,43 @@ class SeedSource(RowLocation):
         return list(dict.fromkeys(canonical))
 
     @model_validator(mode="after")
-    def _filters(self) -> "SeedSource":
+    def _row_filters(self) -> "RowLocation":
         if self.languages is not None and self.exclude_languages is not None:
             raise ValueError("give at most one of 'languages' and 'exclude_languages'")
         if self.sample == "random" and self.limit is None:
             raise ValueError("sample: random needs a limit (the number of rows drawn)")
+        return self
+
+    def location(self) -> dict[str, Any]:
+        """These fields alone, to build another source that reads the same rows."""
+        return self.model_dump(include=set(RowLocation.model_fields))
+
+
+class SeedSource(RowLocation):
+    """One seed pool: a local file or directory, a URL, or a Hugging Face dataset."""
+
+    name: str | None = Field(None, description="source label recorded on every seed (default: file stem or dataset id)")
+    domain: Literal["auto", "code", "math", "general"] = Field(
+        "auto",
+        description="the source's declared domain: forced on every seed's `domain` (auto: detected per row), and "
+        "TaCIE's root domain of every seed of this source (eq. 7's n_root, in- vs cross-domain fusion; "
+        "SeedPool.source_domains)",
+    )
+    language: str | None = Field(None, description="force the programming language of every seed")
+    clusters: int | None = Field(
+        None, gt=0,
+        description="TaCIE seed collection: k-means clusters for this source (one seed kept per cluster; capped at "
+        "its seed count), instead of the elbow over collection.k_min..k_max (tacie.txt 2.4: 3,000 / 1,500)",
+    )
+
+    @model_validator(mode="after")
+    def _one_location(self) -> "SeedSource":
+        if (self.path is None) == (self.hf is None):
+            raise ValueError("give exactly one of 'path' or 'hf'")
+        return self
+
+    @model_validator(mode="after")
+    def _forced_language(self) -> "SeedSource":
         if self.language is not None:
             forced = canonical_language(self.language)
             kept = forced in self.languages if self.languages is not None else True
@@ -546,16 +548,6 @@ class SFTDataSource(RowLocation):
     fraction: float | None = Field(None, ge=0.0, description="rows taken = round(fraction x rows available); default 1")
     rows: int | None = Field(None, ge=0, description="rows taken (sampled without replacement, then repeated if larger)")
     select: SFTSelect | None = Field(None, description="run sources only: keep items by lineage before fraction/rows")
-    # the seed reader's row filters, as on a seed source (SeedSource): e.g. C_PI of the IF paper
-    languages: list[str] | None = Field(
-        None, min_length=1, description="keep only rows of these programming languages (as SeedSource.languages)"
-    )
-    exclude_languages: list[str] | None = Field(
-        None, min_length=1, description="drop rows of these programming languages (as SeedSource.exclude_languages)"
-    )
-    sample: Literal["first", "random"] = Field(
-        "first", description="which `limit` rows are read: the first N or a seeded random N (as SeedSource.sample)"
-    )
 
     @model_validator(mode="after")
     def _one_location(self) -> "SFTDataSource":
@@ -563,14 +555,6 @@ class SFTDataSource(RowLocation):
             raise ValueError("give exactly one of 'run', 'path' or 'hf'")
         if self.fraction is not None and self.rows is not None:
             raise ValueError("give at most one of 'fraction' or 'rows'")
-        if self.languages is not None or self.exclude_languages is not None or self.sample != "first":
-            # the seed source's own rules (known language names, one filter, random needs a limit)
-            try:
-                view = SeedSource(path="-", limit=self.limit, languages=self.languages,
-                                  exclude_languages=self.exclude_languages, sample=self.sample)
-            except ValidationError as err:
-                raise ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())) from None
-            self.languages, self.exclude_languages = view.languages, view.exclude_languages
         if self.select is not None and self.run is None:
             raise ValueError(
                 "select: needs a 'run:' source (an IF or TaCIE run directory, whose items record operation, round, "

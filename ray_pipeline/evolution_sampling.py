@@ -126,19 +126,6 @@ def round_amount(configured: int | None, round0_pool: int) -> int:
     return max(1, math.ceil(round0_pool * DEFAULT_ROUND_FRACTION))
 
 
-def union_objectives(first: Sequence[str], second: Sequence[str]) -> list[str]:
-    """Both parents' objectives, in order, without repeats (compared case- and
-    whitespace-insensitively)."""
-    seen: set[str] = set()
-    out: list[str] = []
-    for objective in [*first, *second]:
-        key = " ".join(objective.lower().split())
-        if key and key not in seen:
-            seen.add(key)
-            out.append(objective)
-    return out
-
-
 def _floored_uncertainty(u: ArrayLike, names: Sequence[str] | None = None) -> np.ndarray:
     arr = np.asarray(u, dtype=float)
     if arr.ndim != 1:
@@ -335,32 +322,28 @@ def sample_fusion_pairs(
         idx += 1
         passes = 0
 
-    while n_in < target_in or n_cross < target_cross:
+    stuck = False  # no item can make a pair of an open kind
+    while not stuck and (n_in < target_in or n_cross < target_cross):
         if not settle_first():
             break
-        remain = m_f - (n_in + n_cross)
-        for b in _draw(cdf, remain, rng):  # C_b ~ Multinomial(remain, p^fuse)
+        for b in _draw(cdf, m_f - (n_in + n_cross), rng):  # C_b ~ Multinomial(remain, p^fuse)
             draws += 1
-            b = int(b)
-            a = c_a[idx]
+            a, b = c_a[idx], int(b)
             open_in, open_cross = open_kinds()
-            kind_open = open_cross if dom[a] != dom[b] else open_in
-            if kind_open and pairs_state.free(a, b):
+            if (open_cross if dom[a] != dom[b] else open_in) and pairs_state.free(a, b):
                 accept(b)
-                if idx >= m_f or not settle_first():
-                    break
-                continue
-            passes += 1
-            if passes >= REDRAW_LIMIT:  # the partner the redraws would reach, drawn directly
-                weights = pairs_state.partner_weights(a, p, open_in, open_cross)
-                accept(int(_draw(np.cumsum(weights), 1, rng)[0]))
+            else:
+                passes += 1
+                if passes < REDRAW_LIMIT:
+                    continue
+                # the partner the redraws would reach, drawn directly from the same law
+                accept(int(_draw(np.cumsum(pairs_state.partner_weights(a, p, open_in, open_cross)), 1, rng)[0]))
                 direct += 1
-                if idx >= m_f or not settle_first():
-                    break
-        else:
-            continue
-        if idx >= m_f or not settle_first():
-            break
+            if idx >= m_f:
+                break
+            if not settle_first():
+                stuck = True
+                break
 
     return FusionDraw(
         pairs=tuple(made),

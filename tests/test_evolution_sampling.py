@@ -20,7 +20,6 @@ from ray_pipeline.evolution_sampling import (
     round_amount,
     sample_depth,
     sample_fusion_pairs,
-    union_objectives,
     update_after_round,
 )
 
@@ -124,8 +123,6 @@ def test_eq7_n_c_counts_every_pair_drawn():
     pool = list(POOL)
     before = list(pool)
     pairs = [FusionPair(0, 1, False, "code"), FusionPair(0, 4, True, "code"), FusionPair(6, 7, True, "math")]
-    objectives = union_objectives(["Sort the list", "return it"], ["RETURN  it", "print the sum"])
-    assert objectives == ["Sort the list", "return it", "print the sum"]
     children = [item("child1", 0.07, n_c=5, n_obj=3, root="code"), item("child2", 0.09, root="math")]
     new = update_after_round(pool, pairs, children)
     assert pool == before and pool[0].n_fusions == 0  # inputs untouched

@@ -27,7 +27,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
@@ -60,7 +59,7 @@ _MIN_PASS_RATE = 0.1
 def pool_diversity(seeds: list[str], fused: list[str], embedding: EmbeddingConfig) -> dict[str, Any]:
     """The IF paper's uniformity U (section 3; TaCIE eq. 8-10) of the seed pool, the fused
     instructions and the two together (the paper's C_30 vs C_30 + H_20); None below 3 texts."""
-    vectors = embed_texts(seeds + fused, embedding) if seeds or fused else np.zeros((0, 1))
+    vectors = embed_texts(seeds + fused, embedding)  # one pass; the pool always holds two seeds or more
     parts = {"seeds": vectors[: len(seeds)], "fused": vectors[len(seeds):], "seeds_and_fused": vectors}
     return {"metric": "euclidean"} | {
         name: float(diversity_u(X)) if len(X) >= 3 else None for name, X in parts.items()

@@ -234,14 +234,8 @@ def _seed_source(index: int, src: SFTDataSource) -> SeedSource:
             raise ConfigError(
                 f"data.sources[{index}]: {src.run} has no {RUN_SFT_FILE} (not a finished instruction_fusion or tacie run)"
             )
-        return SeedSource(**{**src.location(), "path": str(run / RUN_SFT_FILE), "format": "jsonl"}, name=src.label,
-                          **_row_filters(src))
-    return SeedSource(**src.location(), name=src.label, **_row_filters(src))
-
-
-def _row_filters(src: SFTDataSource) -> dict[str, Any]:
-    """The seed reader's language filter and ``limit`` sampling, as the SFT source sets them."""
-    return {"languages": src.languages, "exclude_languages": src.exclude_languages, "sample": src.sample}
+        return SeedSource(**{**src.location(), "path": str(run / RUN_SFT_FILE), "format": "jsonl"}, name=src.label)
+    return SeedSource(**src.location(), name=src.label)
 
 
 def _criteria(select: SFTSelect | None) -> str:
