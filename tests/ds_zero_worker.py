@@ -55,6 +55,7 @@ def run_zero3(rank: int, world: int, out: Path) -> dict:
     config = deepspeed_config(3, micro_batch_per_worker=2, grad_accum=1, world_size=world, precision="fp32",
                               max_grad_norm=1.0, hidden_size=HIDDEN)
     hf_config = HfDeepSpeedConfig(config)  # alive while the model is built: parameters are created partitioned
+    torch.manual_seed(0)  # fixed initial weights: the loss curve is the same on every run
     model = AutoModelForCausalLM.from_config(tiny_llama_config())
     at_build = partition_report(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
