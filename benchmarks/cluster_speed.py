@@ -50,9 +50,9 @@ def shared_embeddings(cache: Path) -> np.ndarray:
     """MiniLM embeddings of every seed in ../shared's pools (de-duplicated by the seed reader)."""
     if cache.is_file():
         return np.load(cache)
-    from ray_pipeline.config import EmbeddingConfig, SeedSource
-    from ray_pipeline.embeddings import embed_texts
-    from ray_pipeline.seeds import load_seeds
+    from ray_pipeline.core.config import EmbeddingConfig, SeedSource
+    from ray_pipeline.analysis.embeddings import embed_texts
+    from ray_pipeline.core.seeds import load_seeds
 
     missing = [f for f in SHARED_FILES if not (SHARED_SEEDS / f).is_file()]
     if missing:
@@ -68,7 +68,7 @@ def shared_embeddings(cache: Path) -> np.ndarray:
 def _fit(method: str, X: np.ndarray, k: int, seed: int, queue: mp.Queue) -> None:
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
-    from ray_pipeline.clustering import LARGE_MAX_ITER, cluster_and_pick
+    from ray_pipeline.analysis.clustering import LARGE_MAX_ITER, cluster_and_pick
 
     wall, cpu = time.perf_counter(), time.process_time()
     if method == "project":

@@ -33,12 +33,12 @@ BUNDLED_SEEDS = REPO / "ray_pipeline/data/seeds/quickstart.jsonl"
 
 
 def fusion_rows(n: int, max_tokens: int, model: str) -> list[dict]:
-    from ray_pipeline.config import SamplingConfig, SeedSource
-    from ray_pipeline.pairing import PairSampler
-    from ray_pipeline.pipelines.instruction_fusion import seed_prompt
-    from ray_pipeline.pipelines.teacher_calls import RequestBuilder
+    from ray_pipeline.core.config import SamplingConfig, SeedSource
+    from ray_pipeline.methods.fusion.pairing import PairSampler
+    from ray_pipeline.core.seeds import seed_prompt
+    from ray_pipeline.teachers.calls import RequestBuilder
     from ray_pipeline.prompts import load_template
-    from ray_pipeline.seeds import load_seeds
+    from ray_pipeline.core.seeds import load_seeds
 
     path = SHARED_SEEDS if SHARED_SEEDS.is_file() else BUNDLED_SEEDS
     seeds = load_seeds([SeedSource(path=str(path), limit=200)]).records
@@ -53,9 +53,9 @@ def fusion_rows(n: int, max_tokens: int, model: str) -> list[dict]:
 def run_pipeline(rows: list[dict], concurrency: int) -> tuple[float, int]:
     import ray
 
-    from ray_pipeline.config import EmbeddedTeacherConfig
-    from ray_pipeline.executor import connect, run_stage
-    from ray_pipeline.stages.teacher_stage import TeacherStage
+    from ray_pipeline.core.config import EmbeddedTeacherConfig
+    from ray_pipeline.core.executor import connect, run_stage
+    from ray_pipeline.teachers.stage import TeacherStage
     from ray_pipeline.teachers.factory import stage_resources, teacher_session
 
     cfg = EmbeddedTeacherConfig(concurrency=concurrency)
@@ -78,9 +78,9 @@ def run_pipeline(rows: list[dict], concurrency: int) -> tuple[float, int]:
 def run_raw(rows: list[dict]) -> tuple[float, int]:
     from vllm import LLM, SamplingParams
 
-    from ray_pipeline.config import EmbeddedTeacherConfig
+    from ray_pipeline.core.config import EmbeddedTeacherConfig
     from ray_pipeline.teachers.embedded import engine_kwargs
-    from ray_pipeline.teachers.model_files import chat_template_text, ensure_embedded_model
+    from ray_pipeline.core.model_files import chat_template_text, ensure_embedded_model
 
     llm = LLM(str(ensure_embedded_model()), **engine_kwargs(EmbeddedTeacherConfig()))
     conversations = [json.loads(r["messages"]) for r in rows]

@@ -56,10 +56,10 @@ def _rows(args: argparse.Namespace) -> list[dict]:
 
 # ------------------------------------------------------------------ side A
 def side_a(args: argparse.Namespace) -> dict:
-    from ray_pipeline.config import VLLMTeacherConfig
-    from ray_pipeline.executor import connect, run_stage
-    from ray_pipeline.stages.teacher_stage import TeacherStage
-    from ray_pipeline.teachers.model_files import chat_template_path, ensure_embedded_model
+    from ray_pipeline.core.config import VLLMTeacherConfig
+    from ray_pipeline.core.executor import connect, run_stage
+    from ray_pipeline.teachers.stage import TeacherStage
+    from ray_pipeline.core.model_files import chat_template_path, ensure_embedded_model
 
     rows = _rows(args)
     teacher_cfg = VLLMTeacherConfig(
@@ -126,9 +126,9 @@ def side_b(args: argparse.Namespace) -> dict:
         vLLMEngineProcessorConfig,
     )
 
-    from ray_pipeline.executor import connect
+    from ray_pipeline.core.executor import connect
     from ray_pipeline.teachers.embedded import engine_environment
-    from ray_pipeline.teachers.model_files import chat_template_text, ensure_embedded_model
+    from ray_pipeline.core.model_files import chat_template_text, ensure_embedded_model
 
     rows = _rows(args)
     model = str(ensure_embedded_model())

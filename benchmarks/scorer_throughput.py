@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from ray_pipeline.config import ScorerConfig
-from ray_pipeline.scorers.hf import HFScorer
-from ray_pipeline.uncertainty import perturb, sequence_probability, uncertainty
+from ray_pipeline.core.config import ScorerConfig
+from ray_pipeline.methods.tacie.uncertainty.hf import HFScorer
+from ray_pipeline.methods.tacie.uncertainty.score import perturb, sequence_probability, uncertainty
 
 CODE_ALPACA = Path(__file__).resolve().parents[2] / "shared/data/seeds/codealpaca/code_alpaca_2k.json"
 

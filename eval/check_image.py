@@ -104,7 +104,7 @@ def _build_and_run(executor, toolchain, program: str) -> int | str:
 
 def check_data(languages: list[str]) -> list[str]:
     """Problems of the baked benchmark data, loaded the way an eval job loads it."""
-    from ray_pipeline.errors import FusionError
+    from ray_pipeline.core.errors import FusionError
     from ray_pipeline.evaluation.evalplus_data import OVERRIDE_ENV, load_evalplus
     from ray_pipeline.evaluation.multiple_data import load_multiple
 

@@ -25,8 +25,8 @@ import sys
 from typing import Any, Sequence
 
 from ray_pipeline import __version__
-from ray_pipeline.config import load_job
-from ray_pipeline.errors import FusionError
+from ray_pipeline.core.config import load_job
+from ray_pipeline.core.errors import FusionError
 
 EXIT_USER_ERROR = 2
 EXIT_INCOMPLETE = 3
@@ -136,7 +136,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ray_pipeline.evaluation.results import compare, to_markdown
-    from ray_pipeline.outputs import atomic_write_json, atomic_write_text
+    from ray_pipeline.core.outputs import atomic_write_json, atomic_write_text
 
     loaded = []
     for item in args.runs:
@@ -165,7 +165,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from ray_pipeline.report import write_report
+    from ray_pipeline.methods.tacie.report import write_report
 
     index = write_report(Path(args.run_dir), Path(args.out) if args.out else None)
     print(f"report: {index}")
@@ -186,10 +186,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _full_validation(job: Any) -> dict[str, Any]:
     """The kind's preflight, when every input it reads is here (``references.validate_job``)."""
     from ray_pipeline.prompts import load_template, not_from_papers
-    from ray_pipeline.seeds import load_seeds
+    from ray_pipeline.core.seeds import load_seeds
 
     if job.kind == "tacie":
-        from ray_pipeline.pipelines.tacie import preflight
+        from ray_pipeline.methods.tacie.pipeline import preflight
 
         checked = preflight(job)
         return {
@@ -199,7 +199,7 @@ def _full_validation(job: Any) -> dict[str, Any]:
             "decontaminate": checked.benchmark_prompts, "scorer_model": checked.scorer_model,
         }
     if job.kind == "eval":
-        from ray_pipeline.pipelines.evaluation import preflight as eval_preflight
+        from ray_pipeline.evaluation.pipeline import preflight as eval_preflight
 
         suites, skipped = eval_preflight(job)
         return {
@@ -210,8 +210,8 @@ def _full_validation(job: Any) -> dict[str, Any]:
             "prompt_modes": {m.label: job.prompt_modes(m) for m in job.models},
         }
     if job.kind == "sft":
-        from ray_pipeline.pipelines.sft import preflight as sft_preflight
-        from ray_pipeline.pipelines.sft import resolve_strategy
+        from ray_pipeline.training.pipeline import preflight as sft_preflight
+        from ray_pipeline.training.pipeline import resolve_strategy
 
         prepared = sft_preflight(job)
         return {
@@ -239,25 +239,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
         shard = parse_shard(args.shard)
     publish = getattr(args, "publish", None)
     if publish is not None:
-        from ray_pipeline.storage import check_uri
+        from ray_pipeline.core.storage import check_uri
 
         check_uri(publish)
     if job.kind == "instruction_fusion":
-        from ray_pipeline.pipelines.instruction_fusion import run_instruction_fusion
+        from ray_pipeline.methods.fusion.pipeline import run_instruction_fusion
 
         manifest = run_instruction_fusion(job, address=args.address, force=args.force)
         code = _report(manifest, job.run_dir())
     elif job.kind == "tacie":
-        from ray_pipeline.pipelines.tacie import run_tacie
+        from ray_pipeline.methods.tacie.pipeline import run_tacie
 
         manifest = run_tacie(job, address=args.address, force=args.force)
         code = _report_tacie(manifest, job.run_dir())
     elif job.kind == "sft":
-        from ray_pipeline.pipelines.sft import run_sft
+        from ray_pipeline.training.pipeline import run_sft
 
         code = _report_sft(run_sft(job, address=args.address, force=args.force), job.run_dir())
     elif job.kind == "eval":
-        from ray_pipeline.pipelines.evaluation import run_evaluation
+        from ray_pipeline.evaluation.pipeline import run_evaluation
 
         manifest = run_evaluation(job, address=args.address, force=args.force, shard=shard)
         code = _report_eval(manifest, job.run_dir())
@@ -267,7 +267,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if code != 0:
             print(f"fusion: not published to {publish}: the run did not finish (exit {code})", file=sys.stderr)
             return code
-        from ray_pipeline.storage import SUCCESS, publish_run
+        from ray_pipeline.core.storage import SUCCESS, publish_run
 
         record = publish_run(job.run_dir(), publish)
         print(f"published {len(record['files'])} files of {job.run_dir()} -> {publish} ({SUCCESS} last)")

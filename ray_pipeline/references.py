@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ray_pipeline.errors import ConfigError
+from ray_pipeline.core.errors import ConfigError
 
 #: statuses: checked here (local, bundled, cached) or not (not_checked)
 LOCAL, BUNDLED, CACHED, NOT_CHECKED = "local", "bundled", "cached", "not_checked"
@@ -124,7 +124,7 @@ def _teacher(refs: References, field_name: str, teacher: Any, needed: bool = Fal
 
 
 def _embedding(refs: References, field_name: str, model: str) -> None:
-    from ray_pipeline.embeddings import BUNDLED_ALIASES
+    from ray_pipeline.analysis.embeddings import BUNDLED_ALIASES
 
     if model in BUNDLED_ALIASES:
         refs.add(field_name, "embedding model", model, BUNDLED)
@@ -174,7 +174,7 @@ def check_references(job: Any) -> References:
             _hub(refs, "scorer.model", job.scorer.model, "model", needed=False, note=f"{job.scorer.backend} backend")
         else:
             refs.add("scorer.model", "model", "embedded", BUNDLED)
-        from ray_pipeline.filters import NAMED_BENCHMARKS
+        from ray_pipeline.methods.tacie.filters import NAMED_BENCHMARKS
 
         for i, bench in enumerate(job.filters.decontaminate):
             where = f"filters.decontaminate[{i}]"
@@ -251,7 +251,7 @@ def _templates(job: Any) -> dict[str, Any]:
 
 def _partial(job: Any, refs: References) -> dict[str, Any]:
     """The checks that need only what is here: templates, and the inputs that are local or cached."""
-    from ray_pipeline.seeds import load_seeds
+    from ray_pipeline.core.seeds import load_seeds
 
     from ray_pipeline.prompts import not_from_papers
 
@@ -262,13 +262,13 @@ def _partial(job: Any, refs: References) -> dict[str, Any]:
         here = [s for i, s in enumerate(job.seeds) if not refs.missing(f"seeds[{i}].hf") and not refs.missing(f"seeds[{i}].path")]
         out["seeds"] = load_seeds(here, job.seed).summary() if here else None
     if job.kind == "tacie":
-        from ray_pipeline.filters import load_benchmark_prompts
+        from ray_pipeline.methods.tacie.filters import load_benchmark_prompts
 
         out["decontaminate"] = {b.name: len(load_benchmark_prompts(b)) for i, b in enumerate(job.filters.decontaminate)
                                 if not refs.missing(f"filters.decontaminate[{i}]")
                                 and not refs.missing(f"filters.decontaminate[{i}].hf")}
     if job.kind == "sft":
-        from ray_pipeline.models import check_causal_lm, resolve_model
+        from ray_pipeline.core.models import check_causal_lm, resolve_model
         from ray_pipeline.training.data import load_sft_rows
 
         if not refs.missing("model.path"):

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.paths import REPO
 SHARED = REPO.parent / "shared"
 CODE_ALPACA = SHARED / "data/seeds/codealpaca/code_alpaca_2k.json"
 GSM8K_TRAIN = SHARED / "data/seeds/gsm8k/train.jsonl"

@@ -1,4 +1,4 @@
-"""torchrun worker for tests/test_deepspeed_config.py (CPU, gloo): ZeRO-3 then ZeRO-2 on a tiny Llama.
+"""torchrun worker for tests/training/test_deepspeed_config.py (CPU, gloo): ZeRO-3 then ZeRO-2 on a tiny Llama.
 
 Usage: torchrun --standalone --nproc-per-node 2 tests/ds_zero_worker.py OUT_DIR
 Each rank writes OUT_DIR/rank<r>.json; rank 0 also saves the ZeRO-3 16-bit model there.

@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
-from ray_pipeline.config import load_job, parse_job
-from ray_pipeline.errors import ConfigError
+from ray_pipeline.core.config import load_job, parse_job
+from ray_pipeline.core.errors import ConfigError
 from ray_pipeline.references import check_references, validate_job
 from tests.conftest import REPO, fusion_cli
 

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from ray_pipeline.errors import FusionError
+from ray_pipeline.core.errors import FusionError
 
 DEFAULT_KUBE_VERSION = "1.31"
 _NOTES = "NOTES.txt"

@@ -25,8 +25,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from ray_pipeline.config import load_job
-from ray_pipeline.errors import FusionError
+from ray_pipeline.core.config import load_job
+from ray_pipeline.core.errors import FusionError
 
 CHART_ENV = "FUSION_RAY_CHART"
 CHART_NAME = "fusion-ray"
@@ -82,7 +82,7 @@ def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, An
 
 def read_values(path: str | os.PathLike[str]) -> dict[str, Any]:
     """A values file of the chart (--values), as a mapping."""
-    from ray_pipeline.config import read_yaml_mapping
+    from ray_pipeline.core.config import read_yaml_mapping
 
     return read_yaml_mapping(path, "values file")
 

@@ -31,8 +31,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
-from ray_pipeline.config import load_job
-from ray_pipeline.errors import FusionError
+from ray_pipeline.core.config import load_job
+from ray_pipeline.core.errors import FusionError
 
 #: the environment variable that carries a job file from outside the project to the cluster
 JOB_ENV = "FUSION_SUBMITTED_JOB"

@@ -29,9 +29,9 @@ from typing import Any, Callable, Mapping
 import yaml
 
 import ray_pipeline
-from ray_pipeline.config import parse_job
+from ray_pipeline.core.config import parse_job
 from ray_pipeline.deploy import manifests
-from ray_pipeline.errors import FusionError
+from ray_pipeline.core.errors import FusionError
 
 CHART_NAME = "fusion-eval"
 #: where the chart lives: next to the package in a checkout (and in the job image, which copies helm/)
@@ -87,7 +87,7 @@ def _one_line(err: Exception) -> str:
 
 def load_values(path: str | Path) -> dict[str, Any]:
     """The values file as a mapping (an empty file means the chart's defaults)."""
-    from ray_pipeline.config import read_yaml_mapping
+    from ray_pipeline.core.config import read_yaml_mapping
 
     return read_yaml_mapping(path, "values file")
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ray_pipeline.config import EvalBenchmarkConfig
-from ray_pipeline.errors import EvaluationError
+from ray_pipeline.core.config import EvalBenchmarkConfig
+from ray_pipeline.core.errors import EvaluationError
 from ray_pipeline.evaluation.executors.base import Executor
 from ray_pipeline.evaluation.problems import Problem
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from ray_pipeline.errors import EvaluationError
+from ray_pipeline.core.errors import EvaluationError
 from ray_pipeline.evaluation.problems import Problem
 
 DATASETS = ("humaneval", "mbpp")

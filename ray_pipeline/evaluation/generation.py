@@ -17,12 +17,12 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from ray_pipeline.config import EvalModelConfig, EvalSamplingConfig
-from ray_pipeline.determinism import derived_seed
+from ray_pipeline.core.config import EvalModelConfig, EvalSamplingConfig
+from ray_pipeline.core.determinism import derived_seed
 from ray_pipeline.evaluation import postprocess
 from ray_pipeline.evaluation.problems import LANGUAGE_TITLES, Problem
 from ray_pipeline.prompts import load_template
-from ray_pipeline.stages.teacher_stage import request_from_row
+from ray_pipeline.teachers.stage import request_from_row
 from ray_pipeline.teachers.base import ChatResult
 
 PREFIX = "gen"

@@ -30,9 +30,9 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from ray_pipeline.errors import FusionError
+from ray_pipeline.core.errors import FusionError
 from ray_pipeline.evaluation import results
-from ray_pipeline.storage import Location, find_published, published_record, read_json, read_jsonl, resolve, write_text
+from ray_pipeline.core.storage import Location, find_published, published_record, read_json, read_jsonl, resolve, write_text
 
 #: the default output directory below ROOT
 MERGED_DIR = "merged"

@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ray_pipeline.errors import EvaluationError
+from ray_pipeline.core.errors import EvaluationError
 from ray_pipeline.evaluation.problems import LANGUAGE_ALIASES, MULTIPLE_LANGUAGES, Problem
 
 HF_DATASET = "nuprl/MultiPL-E"

@@ -11,19 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-#: MultiPL-E's language keys, in the papers' column order
-MULTIPLE_LANGUAGES = ("java", "js", "cpp", "php", "swift", "rs")
-#: names a user may write for a MultiPL-E language
-LANGUAGE_ALIASES = {
-    "java": "java",
-    "js": "js", "javascript": "js",
-    "cpp": "cpp", "c++": "cpp",
-    "php": "php",
-    "swift": "swift",
-    "rs": "rs", "rust": "rs",
-}
-#: column titles of the summary table
-LANGUAGE_TITLES = {"java": "Java", "js": "JavaScript", "cpp": "C++", "php": "PHP", "swift": "Swift", "rs": "Rust"}
+from ray_pipeline.core.languages import LANGUAGE_ALIASES, LANGUAGE_TITLES, MULTIPLE_LANGUAGES  # noqa: F401 (re-exported)
 
 
 @dataclass(frozen=True)

@@ -90,8 +90,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO, Callable, Mapping, Sequence
 
-from ray_pipeline.processes import process_tree
-from ray_pipeline.errors import FusionError
+from ray_pipeline.core.processes import process_tree
+from ray_pipeline.core.errors import FusionError
 
 #: system directories every sandbox sees read-only (those that exist on the host)
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")

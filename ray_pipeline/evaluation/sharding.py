@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from typing import Sequence, TypeVar
 
-from ray_pipeline.errors import FusionError
+from ray_pipeline.core.errors import FusionError
 
 T = TypeVar("T")
 

@@ -8,7 +8,7 @@ A template that takes an instruction's elements (TaCIE) names the layout they
 are written in: ``elements_format: plain`` (``Background Settings:`` and
 ``1. item``, the v1 templates) or ``appendix_b`` (``**Background Settings:**``
 and ``1.item``, as in the paper's Appendix B). ``source:`` says where the text
-is from: ``paper`` (word for word; ``tests/test_paper_prompts.py`` compares it
+is from: ``paper`` (word for word; ``tests/prompts/test_paper_prompts.py`` compares it
 with ``../shared/papers``), ``authors_code`` (the papers' authors' public code,
 where the paper gives no prompt) or ``project`` (this project's wording, the
 default). ``fusion validate`` and every manifest name the templates a job uses
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from ray_pipeline.errors import ConfigError
+from ray_pipeline.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 _DIR = Path(__file__).resolve().parent

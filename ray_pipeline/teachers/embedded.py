@@ -43,10 +43,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Sequence
 
-from ray_pipeline.config import EmbeddedTeacherConfig
-from ray_pipeline.processes import alive, process_tree
-from ray_pipeline.errors import TeacherError
-from ray_pipeline.teachers.model_files import (
+from ray_pipeline.core.config import EmbeddedTeacherConfig
+from ray_pipeline.core.processes import alive, process_tree
+from ray_pipeline.core.errors import TeacherError
+from ray_pipeline.core.model_files import (
     EMBEDDED_MODEL_NAME,
     chat_template_path,
     ensure_embedded_model,

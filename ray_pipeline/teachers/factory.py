@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Union
 
-from ray_pipeline.config import EmbeddedTeacherConfig, OpenAITeacherConfig, VLLMTeacherConfig
-from ray_pipeline.errors import ConfigError
+from ray_pipeline.core.config import EmbeddedTeacherConfig, OpenAITeacherConfig, VLLMTeacherConfig
+from ray_pipeline.core.errors import ConfigError
 from ray_pipeline.teachers.base import Teacher
 
 if TYPE_CHECKING:

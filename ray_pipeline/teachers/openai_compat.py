@@ -38,8 +38,8 @@ from typing import Any, TypeVar
 import openai
 from openai import AsyncOpenAI
 
-from ray_pipeline.config import OpenAITeacherConfig
-from ray_pipeline.errors import TeacherError
+from ray_pipeline.core.config import OpenAITeacherConfig
+from ray_pipeline.core.errors import TeacherError
 from ray_pipeline.teachers.base import ChatRequest, ChatResult, ResultCallback, Teacher
 from ray_pipeline.teachers.pricing import cost_usd, price_for
 from ray_pipeline.teachers.ratelimit import RateLimits

@@ -8,7 +8,7 @@ the table.
 
 from __future__ import annotations
 
-from ray_pipeline.config import PriceConfig
+from ray_pipeline.core.config import PriceConfig
 
 
 def _price(prompt: float, completion: float) -> PriceConfig:

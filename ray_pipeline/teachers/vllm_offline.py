@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ray_pipeline.config import VLLMTeacherConfig
-from ray_pipeline.errors import TeacherError
+from ray_pipeline.core.config import VLLMTeacherConfig
+from ray_pipeline.core.errors import TeacherError
 from ray_pipeline.teachers.base import ChatRequest, ChatResult, ResultCallback, Teacher
 
 #: KV cache given to a CPU engine when engine_kwargs does not size it (GiB)

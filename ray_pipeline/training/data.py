@@ -2,7 +2,7 @@
 
 A source is a run directory of an Instruction Fusion or TaCIE job (its
 ``sft_messages.jsonl``), a JSON/JSONL/Parquet file or directory, a URL, or a
-Hugging Face dataset: the same reader as seed pools (:mod:`ray_pipeline.seeds`),
+Hugging Face dataset: the same reader as seed pools (:mod:`ray_pipeline.core.seeds`),
 so the same row shapes work (Alpaca, OpenAI ``messages``, ShareGPT, GSM8K,
 ``prompt``/``response``). Only the first user turn and the first assistant turn
 of a transcript are used: the papers' data is single-turn.
@@ -14,7 +14,7 @@ ablation is one such change). ``rows`` asks for an exact count the same way.
 An instruction (with its input) found in two sources is kept once, from the
 first source listed. Sampling is seeded, so a job always gets the same mix.
 
-Selection by lineage (``select`` on a run source, :class:`~ray_pipeline.config.SFTSelect`):
+Selection by lineage (``select`` on a run source, :class:`~ray_pipeline.core.config.SFTSelect`):
 the run's item table (``<name>.parquet``: TaCIE's items with ``operation``,
 ``round``, ``parent_ids``, ``source``, ``root_domain``, ``kept``; IF's fusion
 attempts with their seeds' sources and domains) says which of its SFT rows come
@@ -35,10 +35,10 @@ from typing import Any, Sequence
 
 import yaml
 
-from ray_pipeline.config import SeedSource, SFTDataSource, SFTSelect
-from ray_pipeline.determinism import derived_seed
-from ray_pipeline.errors import ConfigError, SeedError
-from ray_pipeline.seeds import load_seeds, seed_id
+from ray_pipeline.core.config import SeedSource, SFTDataSource, SFTSelect
+from ray_pipeline.core.determinism import derived_seed
+from ray_pipeline.core.errors import ConfigError, SeedError
+from ray_pipeline.core.seeds import load_seeds, seed_id
 
 RUN_SFT_FILE = "sft_messages.jsonl"
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from ray_pipeline.errors import ConfigError
+from ray_pipeline.core.errors import ConfigError
 
 PRECISIONS = ("bf16", "fp16", "fp32")
 STEPS_PER_PRINT = 10**9  # keep DeepSpeed's own progress logging quiet

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ray_pipeline.errors import ConfigError
+from ray_pipeline.core.errors import ConfigError
 
 # Dense (no 2:4 sparsity) bf16/fp16 tensor-core peak in TFLOP/s, from NVIDIA datasheets,
 # keyed by a substring of torch.cuda.get_device_name(); the longest matching key wins.

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from ray_pipeline.determinism import derived_seed
+from ray_pipeline.core.determinism import derived_seed
 from ray_pipeline.training.session import Session
 
 log = logging.getLogger("ray_pipeline.training")
@@ -166,7 +166,7 @@ def _flops(spec: TrainSpec, mean_len: int, device: Any) -> tuple[float | None, f
     """
     import torch
 
-    from ray_pipeline.errors import ConfigError
+    from ray_pipeline.core.errors import ConfigError
     from ray_pipeline.training.flops import flops_per_token, peak_flops
 
     if spec.lora is not None:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
-from ray_pipeline.errors import ConfigError
+from ray_pipeline.core.errors import ConfigError
 from ray_pipeline.training.sft_format import IGNORE_INDEX, TokenizedExample
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from ray_pipeline.errors import TrainingError
+from ray_pipeline.core.errors import TrainingError
 from ray_pipeline.training.session import Session
 
 log = logging.getLogger("ray_pipeline.training")

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Mapping, Sequence
 
-from ray_pipeline.errors import ConfigError
+from ray_pipeline.core.errors import ConfigError
 from ray_pipeline.prompts import load_template
 
 IGNORE_INDEX = -100

@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ray_pipeline.errors import EvaluationError
+from ray_pipeline.core.errors import EvaluationError
 from ray_pipeline.evaluation.problems import Problem
 
 #: processes and threads one program may run, by default (evalplus and MultiPL-E set no limit: this lets a

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Mapping
 
-from ray_pipeline.errors import EvaluationError
+from ray_pipeline.core.errors import EvaluationError
 from ray_pipeline.evaluation.evalplus_data import EvalPlusData, Oracle, expected_outputs
 from ray_pipeline.evaluation.evalplus_oracle import FAIL, PASS, TIMEOUT, PhaseJudge, PhaseResult
 from ray_pipeline.evaluation.executors.base import DEFAULT_NPROC, Executor, KnownPrograms, Verdict

@@ -42,7 +42,7 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
-from ray_pipeline.errors import EvaluationError
+from ray_pipeline.core.errors import EvaluationError
 from ray_pipeline.evaluation.executors.base import DEFAULT_NPROC, Executor, KnownPrograms, Verdict
 from ray_pipeline.evaluation.multiple_data import multiple_language
 from ray_pipeline.evaluation.problems import Problem

@@ -1,0 +1,438 @@
+"""Instruction Fusion (Guo et al., 2023) from a seed pool to an SFT dataset.
+
+1. Read and normalise the seed pool (``seeds.load_seeds``).
+2. Fusion rounds: draw random pairs of distinct seeds (``pairing``), render the
+   fusion template, run the teacher stage over them with Ray Data, parse each
+   answer (``parsing.parse_fusion``). Invalid or unparsable fusions are
+   discarded and new pairs drawn, until M fused instructions exist or the
+   attempt budget is spent. Each round draws ``ceil(need / pass_rate)`` pairs,
+   so a teacher that fuses well needs one round and a weak one needs several.
+3. One response per fused instruction (a second teacher call).
+4. Write the run directory (``outputs.RunDir``): Parquet with every attempt and
+   its lineage, SFT JSONL in two shapes, and a manifest.
+
+Calls are cached by content in the run directory, so a run that is killed and
+started again draws the same pairs, answers them from the cache, and calls the
+teacher only for what it had not done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import pyarrow as pa
+from tqdm import tqdm
+
+from ray_pipeline.teachers.cache import load_cache
+from ray_pipeline.core.config import EmbeddingConfig, InstructionFusionJob, job_to_dict
+from ray_pipeline.analysis.diversity import diversity_u
+from ray_pipeline.analysis.embeddings import embed_texts
+from ray_pipeline.core.errors import SeedError
+from ray_pipeline.core.executor import connect
+from ray_pipeline.core.outputs import RunDir, config_hash, package_versions
+from ray_pipeline.methods.fusion.pairing import PairSampler, is_cross_language
+from ray_pipeline.prompts.parsing import OUTCOMES, cut_off, parse_fusion, parse_response
+from ray_pipeline.core.determinism import derived_seed
+from ray_pipeline.teachers.calls import DEAD_TEACHER_STREAK, RequestBuilder, TeacherCalls
+from ray_pipeline.prompts import PromptTemplate, load_template, warn_not_from_papers
+from ray_pipeline.core.seeds import load_seeds, seed_prompt
+from ray_pipeline.teachers.stage import RESULT_FIELDS
+from ray_pipeline.teachers.factory import StageTeacherConfig, configured_model_name, teacher_session
+from ray_pipeline.teachers.pricing import cost_usd, price_for
+
+log = logging.getLogger(__name__)
+
+# Pass rate assumed before the first round has been seen, and the floor used
+# after, so that a teacher that has failed every attempt so far still gets
+# a bounded round size.
+_PRIOR_PASS_RATE = 0.8
+_MIN_PASS_RATE = 0.1
+
+
+def pool_diversity(seeds: list[str], fused: list[str], embedding: EmbeddingConfig) -> dict[str, Any]:
+    """The IF paper's uniformity U (section 3; TaCIE eq. 8-10) of the seed pool, the fused
+    instructions and the two together (the paper's C_30 vs C_30 + H_20); None below 3 texts."""
+    vectors = embed_texts(seeds + fused, embedding)  # one pass; the pool always holds two seeds or more
+    parts = {"seeds": vectors[: len(seeds)], "fused": vectors[len(seeds):], "seeds_and_fused": vectors}
+    return {"metric": "euclidean"} | {
+        name: float(diversity_u(X)) if len(X) >= 3 else None for name, X in parts.items()
+    } | {"n": {name: len(X) for name, X in parts.items()}}
+
+
+@dataclass
+class _Tally:
+    attempts: int = 0
+    ok: int = 0
+    by_outcome: Counter = field(default_factory=Counter)
+    by_pairing: dict[str, Counter] = field(default_factory=lambda: {"same_language": Counter(), "cross_language": Counter()})
+
+    def add(self, outcome: str, cross: bool) -> None:
+        self.attempts += 1
+        self.by_outcome[outcome] += 1
+        self.ok += outcome == "ok"
+        self.by_pairing["cross_language" if cross else "same_language"][outcome] += 1
+
+    @property
+    def pass_rate(self) -> float:
+        return self.ok / self.attempts if self.attempts else _PRIOR_PASS_RATE
+
+
+class InstructionFusionRun:
+    def __init__(self, job: InstructionFusionJob, address: str | None = None, force: bool = False):
+        self.job = job
+        self.address = address
+        self.force = force
+        self.run = RunDir(job.run_dir())
+
+    # ------------------------------------------------------------------ main
+    def execute(self) -> dict[str, Any]:
+        t0 = time.monotonic()
+        job = self.job
+        config = job_to_dict(job)
+        self.run.check_compatible(config, self.force)
+        fusion_tpl = load_template(job.fusion.template)
+        response_tpl = load_template(job.response.template)
+        warn_not_from_papers({"fusion": fusion_tpl})  # the paper gives no response prompt
+
+        pool = load_seeds(job.seeds, seed=job.seed)
+        seeds = pool.records
+        if len(seeds) < 2:
+            raise SeedError(
+                f"instruction fusion needs at least 2 distinct seeds; the pool has {len(seeds)} "
+                f"(after removing {pool.duplicates_removed} duplicates)"
+            )
+        sampler = PairSampler([s["language"] for s in seeds], seed=job.seed, cross_language=job.fusion.cross_language)
+        if sampler.total == 0:
+            raise SeedError("no seed pair is allowed: every seed names a different language and cross_language is false")
+
+        cluster = connect(self.address or job.ray.address)
+        cache = load_cache(self.run.cache_dir)
+        if cache:
+            log.info("resuming: %d teacher calls already in the cache", len(cache))
+        model = configured_model_name(job.teacher)
+        fusion = RequestBuilder(fusion_tpl, job.fusion.sampling, model, cache)
+        respond = RequestBuilder(response_tpl, job.response.sampling, model, cache)
+
+        @contextmanager
+        def start_teacher() -> Iterator[StageTeacherConfig]:
+            # the teacher's preflight comes first: an unreachable one fails before anything is written
+            with teacher_session(job.teacher, self.run.log_dir) as stage_cfg:
+                self.run.start(config)
+                yield stage_cfg
+
+        # the teacher starts at the first call the cache cannot answer: a rerun of a finished job starts none
+        with TeacherCalls(None, job.ray, self.run.cache_dir, start=start_teacher) as calls:
+            rows, tally, stop_reason = self._fuse(calls, fusion, seeds, sampler)
+            self._respond(calls, respond, rows)
+        self.run.start(config)
+        table = _to_table(rows, fusion_tpl, response_tpl, model)
+        sft = [r for r in rows if r["outcome"] == "ok"]
+        self.run.write_table(job.name, table)
+        self.run.write_jsonl("sft_messages.jsonl", (_sft_messages(r) for r in sft))
+        self.run.write_jsonl("sft_alpaca.jsonl", (_sft_alpaca(r) for r in sft))
+        manifest = self._manifest(config, pool, rows, tally, stop_reason, model, calls.started, cluster, t0)
+        if job.diversity:
+            manifest["diversity"] = pool_diversity(
+                [seed_prompt(s) for s in seeds], [r["instruction"] for r in sft], job.embedding
+            )
+        self.run.write_manifest(manifest)
+        return manifest
+
+    # ---------------------------------------------------------------- fusion
+    def _fuse(
+        self, calls: TeacherCalls, builder: RequestBuilder, seeds: list[dict[str, str]], sampler: PairSampler
+    ) -> tuple[list[dict[str, Any]], _Tally, str]:
+        job = self.job
+        target, budget = job.fusion.num_instructions, job.fusion.attempt_budget
+        tally = _Tally()
+        rows: list[dict[str, Any]] = []
+        selected = 0
+        stop_reason = "reached"
+        # a context manager: the bar ends its line before an error (one line of its own) is printed
+        with tqdm(total=target, desc="fused instructions", unit="instr", dynamic_ncols=True) as bar:
+            round_no = 0
+            by_id = {s["id"]: s for s in seeds}
+            while selected < target:
+                if tally.attempts >= budget:
+                    stop_reason = "budget"
+                    break
+                need = target - selected
+                rate = max(tally.pass_rate, _MIN_PASS_RATE)
+                pairs = sampler.draw_many(min(budget - tally.attempts, math.ceil(need / rate)))
+                if not pairs:
+                    stop_reason = "pairs_exhausted"
+                    break
+                requests = []
+                for n, (i, j) in enumerate(pairs):
+                    a, b = seeds[i], seeds[j]
+                    row = {
+                        "attempt": tally.attempts + n,
+                        "round": round_no,
+                        "parent_a": a["id"],
+                        "parent_b": b["id"],
+                        "cross_language": is_cross_language(a["language"], b["language"]),
+                    }
+                    seed = derived_seed(job.seed, "fusion", a["id"], b["id"])
+                    row.update(builder.request(seed, instruction_1=seed_prompt(a), instruction_2=seed_prompt(b)))
+                    requests.append(row)
+                answered = calls.run(requests, "fusion", order_key="attempt")
+                for row in sorted(answered, key=lambda r: r["attempt"]):
+                    parents = (seed_prompt(by_id[row["parent_a"]]), seed_prompt(by_id[row["parent_b"]]))
+                    if row["fusion_error"]:
+                        outcome, text, reason = "api_error", "", row["fusion_error"]
+                    else:
+                        parsed = parse_fusion(row["fusion_text"], parents, builder.template)
+                        outcome, text, reason = parsed.outcome, parsed.text, parsed.reason
+                        if outcome == "ok" and cut_off(row["fusion_text"], row["fusion_finish_reason"], text):
+                            outcome, text, reason = "parse_error", "", "instruction cut off at max_tokens"
+                    row.update(
+                        fusion_outcome=outcome,
+                        instruction=text,
+                        fusion_reason=reason,
+                        selected=outcome == "ok" and selected < target,
+                        parents=[by_id[row["parent_a"]], by_id[row["parent_b"]]],
+                    )
+                    selected += row["selected"]
+                    tally.add(outcome, row["cross_language"])
+                    rows.append(row)
+                bar.update(min(selected, target) - bar.n)
+                bar.set_postfix(attempts=tally.attempts, pass_rate=f"{tally.pass_rate:.0%}")
+                round_no += 1
+        if stop_reason != "reached":
+            log.warning(
+                "made %d of %d fused instructions: %s after %d attempts (%s)",
+                selected,
+                target,
+                "attempt budget spent" if stop_reason == "budget" else "every allowed seed pair used",
+                tally.attempts,
+                ", ".join(f"{k} {v}" for k, v in sorted(tally.by_outcome.items())),
+            )
+        return rows, tally, stop_reason
+
+    # -------------------------------------------------------------- responses
+    def _respond(self, calls: TeacherCalls, builder: RequestBuilder, rows: list[dict[str, Any]]) -> None:
+        chosen = [r for r in rows if r["selected"]]
+        requests = []
+        for row in chosen:
+            seed = derived_seed(self.job.seed, "response", row["instruction"])
+            requests.append({"attempt": row["attempt"], **builder.request(seed, instruction=row["instruction"])})
+        answered = {r["attempt"]: r for r in calls.run(requests, "response", order_key="attempt")}
+        for row in rows:
+            got = answered.get(row["attempt"])
+            if got is None:  # not selected: a failed fusion, or a valid one beyond M
+                row["response_outcome"] = ""
+                row["response"] = ""
+                row["outcome"] = "surplus" if row["fusion_outcome"] == "ok" else row["fusion_outcome"]
+                continue
+            for key in ("messages", "sampling", "cache_key"):
+                row[f"response_{key}"] = got[key]
+            for name in RESULT_FIELDS:
+                row[f"response_{name}"] = got[f"response_{name}"]
+            if got["response_error"]:
+                row["response_outcome"], row["response"] = "api_error", ""
+            else:
+                parsed = parse_response(got["response_text"])
+                row["response_outcome"], row["response"] = parsed.outcome, parsed.text
+            row["outcome"] = row["response_outcome"]
+
+    # --------------------------------------------------------------- manifest
+    def _manifest(self, config, pool, rows, tally, stop_reason, model, teacher_started, cluster, t0) -> dict[str, Any]:
+        job = self.job
+        price = price_for(model, getattr(job.teacher, "price", None))
+        tokens = {"prompt": 0, "completion": 0}
+        spent = {"prompt": 0, "completion": 0, "calls": 0, "retries": 0}
+        cache_hits = 0
+        for row in rows:
+            for p in ("fusion", "response"):
+                if f"{p}_prompt_tokens" not in row:
+                    continue
+                tokens["prompt"] += int(row[f"{p}_prompt_tokens"])
+                tokens["completion"] += int(row[f"{p}_completion_tokens"])
+                if row[f"{p}_cached"]:
+                    cache_hits += 1
+                else:
+                    spent["calls"] += 1
+                    spent["retries"] += max(0, int(row[f"{p}_attempts"]) - 1)
+                    spent["prompt"] += int(row[f"{p}_prompt_tokens"])
+                    spent["completion"] += int(row[f"{p}_completion_tokens"])
+        fusion_counts = {o: tally.by_outcome.get(o, 0) for o in OUTCOMES}
+        response_counts = Counter(r["response_outcome"] for r in rows if r["selected"])
+        final_counts = Counter(r["outcome"] for r in rows)
+        selected = sum(r["selected"] for r in rows)
+
+        def rate(counter: Counter) -> dict[str, Any]:
+            n = sum(counter.values())
+            return {"attempts": n, "ok": counter.get("ok", 0), "pass_rate": counter.get("ok", 0) / n if n else None}
+
+        return {
+            "job": job.name,
+            "kind": job.kind,
+            "config_hash": config_hash(config),
+            "config": config,
+            "versions": package_versions(),
+            "ray": cluster,
+            "teacher": {"kind": job.teacher.kind, "model": model, "started": teacher_started},
+            "templates": {
+                "fusion": load_template(job.fusion.template).record(),
+                "response": load_template(job.response.template).record(),
+            },
+            "seeds": pool.summary(),
+            "target": job.fusion.num_instructions,
+            "attempt_budget": job.fusion.attempt_budget,
+            "stop_reason": stop_reason,
+            "complete": stop_reason == "reached",
+            "counts": {
+                "attempts": tally.attempts,
+                "fusion": fusion_counts,
+                "fused": selected,
+                "surplus": fusion_counts["ok"] - selected,
+                "response": {o: response_counts.get(o, 0) for o in ("ok", "parse_error", "api_error")},
+                "rows": len(rows),
+                "sft_rows": final_counts.get("ok", 0),
+            },
+            "invalid_rate": fusion_counts["invalid"] / tally.attempts if tally.attempts else None,
+            "pass_rate": {"all": rate(Counter(tally.by_outcome))} | {k: rate(v) for k, v in tally.by_pairing.items()},
+            "tokens": tokens,
+            "this_run": spent | {"cache_hits": cache_hits},
+            "cost_usd": cost_usd(price, tokens["prompt"], tokens["completion"]),
+            "cost_usd_this_run": cost_usd(price, spent["prompt"], spent["completion"]),
+            "price_per_million": price.model_dump(),
+            "wall_time_s": round(time.monotonic() - t0, 3),
+            "outputs": {
+                "parquet": f"{job.name}.parquet",
+                "sft_messages": "sft_messages.jsonl",
+                "sft_alpaca": "sft_alpaca.jsonl",
+            },
+        }
+
+
+# ------------------------------------------------------------------- outputs
+_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("attempt", pa.int64()),
+        ("round", pa.int64()),
+        ("outcome", pa.string()),
+        ("instruction", pa.string()),
+        ("response", pa.string()),
+        ("selected", pa.bool_()),
+        ("parent_ids", pa.list_(pa.string())),
+        ("parent_sources", pa.list_(pa.string())),
+        ("parent_languages", pa.list_(pa.string())),
+        ("parent_domains", pa.list_(pa.string())),
+        ("cross_language", pa.bool_()),
+        ("teacher_model", pa.string()),
+        ("fusion_outcome", pa.string()),
+        ("fusion_reason", pa.string()),
+        ("fusion_template", pa.string()),
+        ("fusion_template_sha256", pa.string()),
+        ("fusion_sampling", pa.string()),
+        ("fusion_cache_key", pa.string()),
+        ("fusion_raw", pa.string()),
+        ("fusion_error", pa.string()),
+        ("fusion_finish_reason", pa.string()),
+        ("fusion_prompt_tokens", pa.int64()),
+        ("fusion_completion_tokens", pa.int64()),
+        ("fusion_latency_s", pa.float64()),
+        ("fusion_attempts", pa.int64()),
+        ("fusion_cached", pa.bool_()),
+        ("fusion_node", pa.string()),
+        ("response_outcome", pa.string()),
+        ("response_template", pa.string()),
+        ("response_template_sha256", pa.string()),
+        ("response_sampling", pa.string()),
+        ("response_cache_key", pa.string()),
+        ("response_raw", pa.string()),
+        ("response_error", pa.string()),
+        ("response_finish_reason", pa.string()),
+        ("response_prompt_tokens", pa.int64()),
+        ("response_completion_tokens", pa.int64()),
+        ("response_latency_s", pa.float64()),
+        ("response_attempts", pa.int64()),
+        ("response_cached", pa.bool_()),
+        ("response_node", pa.string()),
+    ]
+)
+
+
+# Teacher-call columns of a row that never made that call (a fusion that was not answered).
+_RESULT_DEFAULTS: dict[str, Any] = {
+    "error": "",
+    "finish_reason": "",
+    "prompt_tokens": 0,
+    "completion_tokens": 0,
+    "latency_s": 0.0,
+    "attempts": 0,
+    "cached": False,
+    "node": "",
+}
+assert set(_RESULT_DEFAULTS) == set(RESULT_FIELDS) - {"text"}
+
+
+def _row_id(row: dict[str, Any]) -> str:
+    return hashlib.sha256(f"{row['parent_a']}\x1f{row['parent_b']}\x1f{row['cache_key']}".encode()).hexdigest()[:16]
+
+
+def _to_table(rows: list[dict[str, Any]], fusion_tpl: PromptTemplate, response_tpl: PromptTemplate, model: str) -> pa.Table:
+    out = []
+    for r in rows:
+        has_response = bool(r["response_outcome"])
+        parents = r["parents"]
+        rec = {
+            "id": _row_id(r),
+            "attempt": int(r["attempt"]),
+            "round": int(r["round"]),
+            "outcome": r["outcome"],
+            "instruction": r["instruction"],
+            "response": r["response"],
+            "selected": bool(r["selected"]),
+            "parent_ids": [p["id"] for p in parents],
+            "parent_sources": [p["source"] for p in parents],
+            "parent_languages": [p["language"] for p in parents],
+            "parent_domains": [p["domain"] for p in parents],
+            "cross_language": bool(r["cross_language"]),
+            "teacher_model": model,
+            "fusion_outcome": r["fusion_outcome"],
+            "fusion_reason": r["fusion_reason"],
+            "fusion_template": fusion_tpl.ref,
+            "fusion_template_sha256": fusion_tpl.sha256,
+            "fusion_sampling": r["sampling"],
+            "fusion_cache_key": r["cache_key"],
+            "fusion_raw": r["fusion_text"],
+            "response_outcome": r["response_outcome"],
+            "response_template": response_tpl.ref if has_response else "",
+            "response_template_sha256": response_tpl.sha256 if has_response else "",
+            "response_sampling": r.get("response_sampling", ""),
+            "response_cache_key": r.get("response_cache_key", ""),
+            "response_raw": r.get("response_text", ""),
+        }
+        for p in ("fusion", "response"):
+            for name, default in _RESULT_DEFAULTS.items():
+                rec[f"{p}_{name}"] = r.get(f"{p}_{name}", default)
+        out.append(rec)
+    return pa.Table.from_pylist(out, schema=_SCHEMA)
+
+
+def _sft_messages(r: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": _row_id(r),
+        "messages": [{"role": "user", "content": r["instruction"]}, {"role": "assistant", "content": r["response"]}],
+    }
+
+
+def _sft_alpaca(r: dict[str, Any]) -> dict[str, Any]:
+    return {"id": _row_id(r), "instruction": r["instruction"], "input": "", "output": r["response"]}
+
+
+def run_instruction_fusion(job: InstructionFusionJob, address: str | None = None, force: bool = False) -> dict[str, Any]:
+    return InstructionFusionRun(job, address=address, force=force).execute()
+
+
+__all__ = ["run_instruction_fusion", "InstructionFusionRun", "RequestBuilder", "DEAD_TEACHER_STREAK"]
