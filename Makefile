@@ -19,10 +19,10 @@ CHECKOV_VERSION := 3.3.30
 CHECKOV_STAMP := $(CHECKOV_VENV)/.setup-$(CHECKOV_VERSION)
 PYTEST_ARGS ?=
 
-.PHONY: run test setup system-deps bench manifests clean help
+.PHONY: run test test-fast setup system-deps bench manifests clean help
 
 help:
-	@echo "make run | make test | make bench | make manifests | make clean   (EXTRA=cpu|gpu)"
+	@echo "make run | make test | make test-fast | make bench | make manifests | make clean   (EXTRA=cpu|gpu)"
 
 setup: $(STAMP) $(CHECKOV_STAMP) system-deps
 
@@ -55,6 +55,11 @@ run: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# the inner loop: no Ray, no vLLM, no checkov, no evaluation sandbox, nothing slow (markers in pyproject.toml)
+FAST := not (ray or vllm or checkov or sandbox or slow)
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "$(FAST)" $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) benchmarks/teacher_throughput.py

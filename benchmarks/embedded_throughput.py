@@ -19,7 +19,6 @@ Prints completion tokens per second for each and the ratio. Goal: >= 80%.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -55,22 +54,23 @@ def run_pipeline(rows: list[dict], concurrency: int) -> tuple[float, int]:
 
     from ray_pipeline.core.config import EmbeddedTeacherConfig
     from ray_pipeline.core.executor import connect, run_stage
+    from ray_pipeline.teachers.factory import backend_for, teacher_session
+    from ray_pipeline.teachers.rows import Answer
     from ray_pipeline.teachers.stage import TeacherStage
-    from ray_pipeline.teachers.factory import stage_resources, teacher_session
 
     cfg = EmbeddedTeacherConfig(concurrency=concurrency)
     with tempfile.TemporaryDirectory() as tmp, teacher_session(cfg, Path(tmp)) as stage_cfg:
         connect(None)
         kwargs = {"teacher_cfg": stage_cfg, "cache_dir": str(Path(tmp) / "cache"), "prefix": "t"}
-        opts = {"batch_size": concurrency, "num_actors": 1, "resources": stage_resources(stage_cfg, 0.25)}
+        opts = {"batch_size": concurrency, "num_actors": 1, "resources": backend_for(stage_cfg).stage_resources(0.25)}
         run_stage(rows[:4], TeacherStage, kwargs, **opts)  # warm-up: server, actor start, client
         t0 = time.perf_counter()
-        out = run_stage(rows, TeacherStage, kwargs, **opts)
+        out = [Answer.read(r, "t") for r in run_stage(rows, TeacherStage, kwargs, **opts)]
         elapsed = time.perf_counter() - t0
-        errors = [r["t_error"] for r in out if r["t_error"]]
+        errors = [a.error for a in out if a.error]
         if errors:
             raise SystemExit(f"pipeline: {len(errors)} calls failed, first: {errors[0]}")
-        tokens = sum(int(r["t_completion_tokens"]) for r in out)
+        tokens = sum(a.completion_tokens for a in out)
     ray.shutdown()
     return elapsed, tokens
 
@@ -79,16 +79,15 @@ def run_raw(rows: list[dict]) -> tuple[float, int]:
     from vllm import LLM, SamplingParams
 
     from ray_pipeline.core.config import EmbeddedTeacherConfig
-    from ray_pipeline.teachers.embedded import engine_kwargs
     from ray_pipeline.core.model_files import chat_template_text, ensure_embedded_model
+    from ray_pipeline.teachers.embedded import engine_kwargs
+    from ray_pipeline.teachers.rows import request_from_row
 
     llm = LLM(str(ensure_embedded_model()), **engine_kwargs(EmbeddedTeacherConfig()))
-    conversations = [json.loads(r["messages"]) for r in rows]
-    params = []
-    for r in rows:
-        s = json.loads(r["sampling"])
-        params.append(SamplingParams(temperature=s["temperature"], top_p=s["top_p"], max_tokens=s["max_tokens"],
-                                     seed=s["seed"]))
+    requests = [request_from_row(r["messages"], r["sampling"]) for r in rows]  # what the stage actor sends
+    conversations = [request.message_dicts() for request in requests]
+    params = [SamplingParams(temperature=q.sampling.temperature, top_p=q.sampling.top_p,
+                             max_tokens=q.sampling.max_tokens, seed=q.sampling.seed) for q in requests]
     template = chat_template_text()
     llm.chat(conversations[:4], params[:4], chat_template=template, use_tqdm=False)  # warm-up
     t0 = time.perf_counter()

@@ -363,7 +363,7 @@ def completions(lang: str, name: str) -> dict[str, str]:
 
 def compare_multiple(args: argparse.Namespace, report: dict) -> int:
     """Each completion scored by MultiPL-E's ``eval_<lang>.eval_script`` and by us; the number DIFFERENT."""
-    from ray_pipeline.evaluation.executors.multiple import multiple_executor
+    from ray_pipeline.evaluation.executors.languages import multiple_executor
     from ray_pipeline.evaluation.multiple_data import load_multiple
     from ray_pipeline.evaluation.sandbox import Sandbox
 

@@ -52,7 +52,8 @@ HOLDS, FAILS = "2", "3"
 
 def check_toolchain(language: str, compile_programs: bool) -> list[str]:
     """Problems of one language's toolchain (an empty list when it is fine); prints what it found."""
-    from ray_pipeline.evaluation.executors.multiple import ToolMissing, multiple_executor
+    from ray_pipeline.evaluation.executors.languages import multiple_executor
+    from ray_pipeline.evaluation.executors.multiple import ToolMissing
 
     executor = multiple_executor(language, sandbox=None)  # finding and running tools needs no sandbox
     try:

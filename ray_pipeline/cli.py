@@ -26,10 +26,7 @@ from typing import Any, Sequence
 
 from ray_pipeline import __version__
 from ray_pipeline.core.config import load_job
-from ray_pipeline.core.errors import FusionError
-
-EXIT_USER_ERROR = 2
-EXIT_INCOMPLETE = 3
+from ray_pipeline.core.errors import EXIT_USER_ERROR, FusionError
 
 log = logging.getLogger("ray_pipeline")
 
@@ -173,67 +170,30 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from ray_pipeline.jobs import full_validation
     from ray_pipeline.references import validate_job
 
     job = load_job(args.job)
-    report = validate_job(job, _full_validation)
+    report = validate_job(job, full_validation)
     for line in report["not_checked_offline"]:
         print(f"not checked offline: {line}", file=sys.stderr)
     print(json.dumps(report, indent=2, default=str))
     return 0
 
 
-def _full_validation(job: Any) -> dict[str, Any]:
-    """The kind's preflight, when every input it reads is here (``references.validate_job``)."""
-    from ray_pipeline.prompts import load_template, not_from_papers
-    from ray_pipeline.core.seeds import load_seeds
-
-    if job.kind == "tacie":
-        from ray_pipeline.methods.tacie.pipeline import preflight
-
-        checked = preflight(job)
-        return {
-            "job": job.name, "kind": job.kind, "seeds": checked.pool.summary(),
-            "templates": {k: t.ref for k, t in checked.templates.items()},
-            "templates_not_from_papers": not_from_papers(checked.templates),
-            "decontaminate": checked.benchmark_prompts, "scorer_model": checked.scorer_model,
-        }
-    if job.kind == "eval":
-        from ray_pipeline.evaluation.pipeline import preflight as eval_preflight
-
-        suites, skipped = eval_preflight(job)
-        return {
-            "job": job.name, "kind": job.kind, "models": [m.label for m in job.models],
-            "suites": {s.name: {"tasks": len(s.problems), **({"skipped": skipped[s.name]} if s.name in skipped else {})}
-                       for s in suites},
-            "samples_per_model": job.sampling.n * sum(len(s.problems) for s in suites if s.name not in skipped),
-            "prompt_modes": {m.label: job.prompt_modes(m) for m in job.models},
-        }
-    if job.kind == "sft":
-        from ray_pipeline.training.pipeline import preflight as sft_preflight
-        from ray_pipeline.training.pipeline import resolve_strategy
-
-        prepared = sft_preflight(job)
-        return {
-            "job": job.name, "kind": job.kind, "model": prepared.model_path, "strategy": resolve_strategy(job),
-            "gradient_accumulation_steps": job.gradient_accumulation_steps, "data": prepared.data_report,
-        }
-    templates = {"fusion": load_template(job.fusion.template), "response": load_template(job.response.template)}
-    pool = load_seeds(job.seeds, job.seed)
-    return {
-        "job": job.name, "kind": job.kind, "seeds": pool.summary(),
-        "templates": {k: t.ref for k, t in templates.items()}, "templates_not_from_papers": not_from_papers(templates),
-    }
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
+    """Run the job with its kind's ``run`` (``ray_pipeline.jobs``), print its ``summary``, then publish."""
+    from ray_pipeline.jobs import JOBS, job_kind
+
     job = load_job(args.job)
     if args.output_dir:
         job.output_dir = args.output_dir
+    kind = job_kind(job.kind)
     shard = None
     if getattr(args, "shard", None) is not None:  # checked before any work
-        if job.kind != "eval":
-            raise FusionError(f"--shard {args.shard}: only eval jobs are sharded, and {args.job} is a {job.kind} job")
+        if not kind.sharded:
+            sharded = " and ".join(k for k, j in JOBS.items() if j.sharded)
+            raise FusionError(f"--shard {args.shard}: only {sharded} jobs are sharded, and {args.job} is a {job.kind} job")
         from ray_pipeline.evaluation.sharding import parse_shard
 
         shard = parse_shard(args.shard)
@@ -242,27 +202,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from ray_pipeline.core.storage import check_uri
 
         check_uri(publish)
-    if job.kind == "instruction_fusion":
-        from ray_pipeline.methods.fusion.pipeline import run_instruction_fusion
-
-        manifest = run_instruction_fusion(job, address=args.address, force=args.force)
-        code = _report(manifest, job.run_dir())
-    elif job.kind == "tacie":
-        from ray_pipeline.methods.tacie.pipeline import run_tacie
-
-        manifest = run_tacie(job, address=args.address, force=args.force)
-        code = _report_tacie(manifest, job.run_dir())
-    elif job.kind == "sft":
-        from ray_pipeline.training.pipeline import run_sft
-
-        code = _report_sft(run_sft(job, address=args.address, force=args.force), job.run_dir())
-    elif job.kind == "eval":
-        from ray_pipeline.evaluation.pipeline import run_evaluation
-
-        manifest = run_evaluation(job, address=args.address, force=args.force, shard=shard)
-        code = _report_eval(manifest, job.run_dir())
-    else:
-        raise FusionError(f"job kind {job.kind!r} is not supported by this version")
+    manifest = kind.run(job, address=args.address, force=args.force, shard=shard)
+    code = kind.summary(manifest, job.run_dir())
     if publish is not None:
         if code != 0:
             print(f"fusion: not published to {publish}: the run did not finish (exit {code})", file=sys.stderr)
@@ -272,89 +213,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         record = publish_run(job.run_dir(), publish)
         print(f"published {len(record['files'])} files of {job.run_dir()} -> {publish} ({SUCCESS} last)")
     return code
-
-
-def _report(manifest: dict[str, Any], run_dir: Any) -> int:
-    counts = manifest["counts"]
-    fusion = counts["fusion"]
-    print(
-        f"{manifest['job']}: {counts['sft_rows']} SFT rows from {counts['fused']}/{manifest['target']} fused "
-        f"instructions in {counts['attempts']} attempts (invalid {fusion['invalid']}, parse_error "
-        f"{fusion['parse_error']}, api_error {fusion['api_error']}); {manifest['tokens']['prompt']}+"
-        f"{manifest['tokens']['completion']} tokens, ${manifest['cost_usd']:.4f}, "
-        f"{manifest['wall_time_s']:.1f}s -> {run_dir}"
-    )
-    if not manifest["complete"]:
-        why = {"budget": "the attempt budget was spent", "pairs_exhausted": "every allowed seed pair was used"}
-        print(
-            f"fusion: incomplete: {why.get(manifest['stop_reason'], manifest['stop_reason'])}; "
-            f"raise fusion.max_attempts or add seeds and run again to resume",
-            file=sys.stderr,
-        )
-        return EXIT_INCOMPLETE
-    return 0
-
-
-def _report_tacie(manifest: dict[str, Any], run_dir: Any) -> int:
-    counts, div = manifest["counts"], manifest["diversity"]
-
-    def fmt(u: Any) -> str:
-        return "n/a" if u is None else f"{u:.5f}"
-
-    print(
-        f"{manifest['job']}: {counts['kept']} SFT rows kept of {counts['answered']} answered items "
-        f"({', '.join(f'{k} {v}' for k, v in counts['by_operation'].items())}) after "
-        f"{manifest['rounds_completed']}/{manifest['rounds_requested']} rounds; diversity U seeds {fmt(div['seeds'])}, "
-        f"evolved {fmt(div['evolved'])}; {manifest['tokens']['prompt']}+{manifest['tokens']['completion']} tokens, "
-        f"${manifest['cost_usd']:.4f}, {manifest['wall_time_s']:.1f}s -> {run_dir} "
-        f"(fusion report {run_dir} for the HTML report)"
-    )
-    if not manifest["complete"]:
-        failures = "; ".join(
-            f"{op} " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())) for op, c in counts["attempts"].items()
-        )
-        print(
-            f"fusion: incomplete: no instruction was left to evolve after round {manifest['rounds_completed']} "
-            f"({failures}); see attempts.parquet for the teacher's answers",
-            file=sys.stderr,
-        )
-        return EXIT_INCOMPLETE
-    return 0
-
-
-def _report_sft(manifest: dict[str, Any], run_dir: Any) -> int:
-    t, d = manifest["training"], manifest["data"]
-
-    def fmt(x: Any) -> str:
-        return "n/a" if x is None else f"{x:.4f}"
-
-    speed = f"{t['tokens_per_s']:.0f} tokens/s" if t["tokens_per_s"] else "n/a tokens/s"
-    mfu = f", MFU {100 * t['mfu']:.1f}%" if t.get("mfu") else ""
-    print(
-        f"{manifest['job']}: {t['steps']} steps on {d['sequences']} sequences ({d['examples_truncated']} truncated, "
-        f"{d['examples_dropped_no_response']} dropped) with {manifest['model']['strategy']} on {t['workers']} worker(s); "
-        f"loss {fmt(t['first_loss'])} -> {fmt(t['final_loss'])}; {speed}{mfu}; {manifest['wall_time_s']:.1f}s "
-        f"-> {run_dir}/model"
-    )
-    return 0
-
-
-def _report_eval(manifest: dict[str, Any], run_dir: Any) -> int:
-    summary = manifest["summary"]
-    k = summary["k"][0]
-    for label, cells in summary["models"].items():
-        parts = []
-        for col in summary["columns"]:
-            cell = cells.get(col["key"], {})
-            value = cell.get(f"pass@{k}")
-            parts.append(f"{col['title']} {'skipped' if 'skipped' in cell else '-' if value is None else f'{100 * value:.1f}'}")
-        gen = manifest["generation"][label]
-        errors = f", {gen['errors']} generation errors" if gen["errors"] else ""
-        print(f"{label}: pass@{k} " + ", ".join(parts) + f" ({gen['samples']} samples{errors})")
-    shard = manifest.get("shard")
-    part = f" (shard {shard['index']}/{shard['count']})" if shard else ""
-    print(f"{manifest['job']}{part}: {manifest['wall_time_s']:.1f}s -> {run_dir}/summary.md")
-    return 0
 
 
 def _raise_on_sigterm(signum: int, frame: object) -> None:

@@ -19,7 +19,7 @@ CODE_ALPACA = SHARED / "data/seeds/codealpaca/code_alpaca_2k.json"
 GSM8K_TRAIN = SHARED / "data/seeds/gsm8k/train.jsonl"
 
 
-#: tests that run programs in the evaluation sandbox (make setup installs bubblewrap where it can)
+#: tests that need bubblewrap (make setup installs it where it can); they are marked ``sandbox`` too
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap (bwrap) is not installed")
 
 
@@ -74,6 +74,27 @@ def openai_teacher(base_url: str, **extra: Any) -> dict[str, Any]:
     }
 
 
+@pytest.fixture(scope="session")
+def served_gemma(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The teacher config of one embedded vLLM server (the bundled Gemma 3 270M) shared by the whole run.
+
+    For tests that need a real model behind an OpenAI-compatible endpoint but do not test the embedded
+    teacher's own start and stop (tests/methods/fusion/test_embedded_e2e.py and
+    tests/teachers/test_embedded_teacher.py start servers of their own): each job pointing at it is a job
+    with ``kind: openai`` on a vLLM server, which is how a user points a job at a big model. It spares
+    every such ``fusion run`` the ~40 s server start. Use it from tests marked ``vllm``.
+    """
+    from ray_pipeline.core.config import EmbeddedTeacherConfig
+    from ray_pipeline.teachers.embedded import EmbeddedServer, embedded_stage_config
+
+    config = EmbeddedTeacherConfig()
+    log = tmp_path_factory.mktemp("served-gemma") / "embedded-vllm.log"
+    with EmbeddedServer(config, log_path=log) as server:
+        stage = embedded_stage_config(config, server)
+        yield {"kind": "openai", "model": stage.model, "base_url": stage.base_url, "api_key": "EMPTY",
+               "concurrency": stage.concurrency, "timeout_s": stage.timeout_s, "max_retries": stage.max_retries}
+
+
 def fusion_cli(*args: str, timeout: float = 600, **kwargs: Any) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0", **kwargs.pop("extra_env", {})}
     env.pop("RAY_ADDRESS", None)
@@ -87,13 +108,63 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def local_ray():
-    """One local Ray for a test module (the pipeline attaches to it)."""
+    """A local Ray for the test (the pipelines attach to it): started once and kept for the rest of the run,
+    started again after a test that shut it down (a two-node cluster, say)."""
     import ray
 
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield
-    ray.shutdown()
+
+
+# --- markers (declared in pyproject.toml): what a test starts ---------------------------------
+# `make test-fast` deselects every test marked ray, vllm, checkov, sandbox or slow. The guard below fails an
+# unmarked test that starts one of the first four in this process, so the marks cannot drift; a test that
+# starts them in a subprocess (`fusion run` to the end) carries its mark by hand.
+
+
+#: fixtures that start something: a test using one carries its mark
+FIXTURE_MARKS = {
+    "local_ray": pytest.mark.ray,
+    "ray_head": pytest.mark.ray,  # tests/deploy/test_submit.py: a `ray start` head for the Jobs API
+    "torchrun_results": pytest.mark.slow,  # tests/training/test_deepspeed_config.py: two torchrun ranks
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            if fixture in FIXTURE_MARKS:
+                item.add_marker(FIXTURE_MARKS[fixture])
+
+
+def _refuse(marker: str, what: str):
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"this test {what} but is not marked @pytest.mark.{marker} (tests/conftest.py)")
+    return refuse
+
+
+@pytest.fixture(autouse=True)
+def _declared_resources(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """An unmarked test that starts Ray, vLLM, checkov or the sandbox fails with one line saying so."""
+    import ray
+
+    marked = {m.name for m in request.node.iter_markers()}
+    ray_was_up = ray.is_initialized()
+    if "ray" not in marked:
+        if not ray_was_up:  # (patch attributes looked up at each call, never a function imported by name)
+            monkeypatch.setattr(ray, "init", _refuse("ray", "starts Ray"))
+    if "vllm" not in marked:
+        monkeypatch.setattr("ray_pipeline.teachers.embedded.EmbeddedServer.start", _refuse("vllm", "starts vLLM"))
+        monkeypatch.setattr("ray_pipeline.teachers.vllm_offline.VLLMOfflineTeacher.__init__", _refuse("vllm", "loads vLLM"))
+    if "checkov" not in marked:
+        monkeypatch.setattr("tests.k8s_helpers.checkov_bin", _refuse("checkov", "runs checkov"))
+    if "sandbox" not in marked:
+        monkeypatch.setattr("ray_pipeline.evaluation.sandbox.Sandbox.run", _refuse("sandbox", "runs the sandbox"))
+        monkeypatch.setattr("ray_pipeline.evaluation.sandbox.Sandbox.check", _refuse("sandbox", "checks the sandbox"))
+    yield
+    if "ray" not in marked and not ray_was_up and ray.is_initialized():  # e.g. Ray Data starting it on its own
+        ray.shutdown()
+        raise AssertionError("this test started Ray but is not marked @pytest.mark.ray (tests/conftest.py)")

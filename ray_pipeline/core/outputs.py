@@ -8,7 +8,7 @@ Layout of a run directory::
     <name>.parquet           every row with every field
     sft_messages.jsonl       SFT-ready, chat ``messages`` shape
     sft_alpaca.jsonl         SFT-ready, Alpaca ``instruction/input/output`` shape
-    manifest.json            config, versions, counts, tokens, cost, wall time
+    manifest.json            the common header (manifest_header), then the job's counts, tokens, cost
 
 Every file is written to a temporary name in the same directory, fsynced and
 renamed over the old one, so a reader (or a crash) sees the old file or the new
@@ -127,6 +127,26 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def manifest_header(config: dict[str, Any], cluster: Any, wall_time_s: float,
+                    packages: Iterable[str] | None = None) -> dict[str, Any]:
+    """The keys every job's ``manifest.json`` starts with, in this order; the job's own keys follow.
+
+    ``job``, ``kind``, ``config_hash`` (the hash ``RunDir.check_compatible`` and ``fusion merge`` compare),
+    ``config`` (the resolved job, secrets masked), ``versions`` (of ``packages``, default
+    ``package_versions``), ``cluster`` (what ``core.executor.connect`` said; IF and TaCIE manifests written
+    before this header called it ``ray``), ``wall_time_s``.
+    """
+    return {
+        "job": config.get("name"),
+        "kind": config.get("kind"),
+        "config_hash": config_hash(config),
+        "config": config,
+        "versions": package_versions() if packages is None else package_versions(packages),
+        "cluster": cluster,
+        "wall_time_s": wall_time_s,
+    }
+
+
 class RunDir:
     """A run directory: created on first use, reused (resumed) by the same job."""
 
@@ -175,7 +195,18 @@ class RunDir:
         atomic_write_jsonl(path, rows)
         return path
 
+    def write_json(self, name: str, data: Any) -> Path:
+        path = self.path / name
+        atomic_write_json(path, data)
+        return path
+
+    def write_text(self, name: str, text: str) -> Path:
+        path = self.path / name
+        atomic_write_text(path, text)
+        return path
+
     def write_manifest(self, manifest: dict[str, Any]) -> Path:
+        """``manifest.json``: a :func:`manifest_header` followed by the job's own keys."""
         path = self.path / "manifest.json"
         atomic_write_json(path, manifest)
         return path

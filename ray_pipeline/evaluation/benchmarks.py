@@ -79,7 +79,7 @@ def make_executor(spec: dict[str, Any], sandbox_cfg: dict[str, Any]) -> Executor
             memory_mb=sandbox_cfg["memory_mb"], nproc=sandbox_cfg.get("nproc"), output_mb=sandbox_cfg.get("output_mb"),
             find_zero=sandbox_cfg.get("find_zero", "fixed"),
         )
-    from ray_pipeline.evaluation.executors.multiple import multiple_executor
+    from ray_pipeline.evaluation.executors.languages import multiple_executor
 
     timeout = sandbox_cfg.get("timeout_s")
     return multiple_executor(spec["language"], Sandbox(isolation=isolation), build_timeout_s=timeout,

@@ -8,8 +8,9 @@ model's (the IF paper: MultiPL-E in completion mode, HumanEval/MBPP as chat).
 Each sample has its own seed, derived from the job seed, the model, the task
 and the sample index, so a rerun asks the same questions and is answered from
 the run's call cache. Requests are the teacher stage's rows
-(``stages.teacher_stage``): the same Ray Data stage and backends (OpenAI-
-compatible endpoint, in-process vLLM, the embedded server) as data generation.
+(``teachers.rows.request_row``), answered through ``teachers.calls.TeacherCalls``:
+the same Ray Data stage and backends (OpenAI-compatible endpoint, in-process
+vLLM, the embedded server) as data generation.
 """
 
 from __future__ import annotations
@@ -22,18 +23,10 @@ from ray_pipeline.core.determinism import derived_seed
 from ray_pipeline.evaluation import postprocess
 from ray_pipeline.evaluation.problems import LANGUAGE_TITLES, Problem
 from ray_pipeline.prompts import load_template
-from ray_pipeline.teachers.stage import request_from_row
-from ray_pipeline.teachers.base import ChatResult
+from ray_pipeline.teachers.base import ChatRequest, ChatResult
+from ray_pipeline.teachers.rows import Answer, request_row, sampling_at
 
 PREFIX = "gen"
-
-
-def _sampling_json(cfg: EvalSamplingConfig, seed: int, stop: tuple[str, ...]) -> str:
-    return json.dumps(
-        {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens, "seed": seed,
-         "stop": list(stop)},
-        sort_keys=True,
-    )
 
 
 def request_rows(
@@ -56,22 +49,18 @@ def request_rows(
         if chat and template is None:
             template = load_template(model.template)
         if not chat:
-            messages = json.dumps(postprocess.completion_prompt(problem), ensure_ascii=False)
-            stop = problem.stop
+            prompt = postprocess.completion_prompt(problem)
         else:
             language = LANGUAGE_TITLES.get(problem.language, problem.language.capitalize())
-            messages = json.dumps(template.render(language=language, prompt=problem.prompt.strip()), ensure_ascii=False)
-            stop = ()
+            messages = template.render(language=language, prompt=problem.prompt.strip())
         for sample in range(sampling.n):
             seed = derived_seed(job_seed, model.label, problem.suite, problem.task_id, sample)
-            sampling_json = _sampling_json(sampling, seed, stop)
-            key = request_from_row(messages, sampling_json).cache_key(model_name)
-            hit = cache.get(key)
+            if not chat:
+                request = ChatRequest.completion(prompt, sampling_at(sampling, seed, stop=problem.stop))
+            else:
+                request = ChatRequest.make(messages, sampling_at(sampling, seed, stop=()))
             rows.append({
-                "messages": messages,
-                "sampling": sampling_json,
-                "cache_key": key,
-                "cached": json.dumps(hit.to_json()) if hit is not None else "",
+                **request_row(request, model_name, cache),
                 "model": model.label,
                 "suite": problem.suite,
                 "task_id": problem.task_id,
@@ -94,8 +83,8 @@ def to_sample(row: dict[str, Any], mode: str | Mapping[str, str]) -> dict[str, A
     problem = Problem.from_json(json.loads(row["problem"]))
     if not isinstance(mode, str):
         mode = mode[problem.benchmark]
-    answer = row[f"{PREFIX}_text"] or ""
-    error = row[f"{PREFIX}_error"] or ""
+    got = Answer.read(row, PREFIX)
+    answer, error = got.text, got.error
     if error:
         solution = ""
     elif mode == "chat":
@@ -110,7 +99,7 @@ def to_sample(row: dict[str, Any], mode: str | Mapping[str, str]) -> dict[str, A
         "answer": answer,
         "solution": solution,
         "generation_error": error,
-        "finish_reason": row[f"{PREFIX}_finish_reason"],
-        "completion_tokens": int(row[f"{PREFIX}_completion_tokens"]),
+        "finish_reason": got.finish_reason,
+        "completion_tokens": got.completion_tokens,
         "problem": row["problem"],
     }

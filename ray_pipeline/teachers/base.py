@@ -5,10 +5,11 @@ A teacher turns a batch of :class:`ChatRequest` into a batch of
 that fails after its retries comes back as a result with ``error`` set, so that
 every row of a pipeline ends in a recorded outcome.
 
-Backends (one short file each): ``openai_compat`` (any OpenAI-compatible HTTP
-endpoint), ``vllm_offline`` (``vllm.LLM`` in the calling process) and
-``embedded`` (the bundled Gemma 3 270M behind ``vllm serve``, used through
-``openai_compat``).
+Backends (one short file each, each with a :class:`Backend` subclass that the
+factory looks up by the config's ``kind``): ``openai_compat`` (any
+OpenAI-compatible HTTP endpoint), ``vllm_offline`` (``vllm.LLM`` in the calling
+process) and ``embedded`` (the bundled Gemma 3 270M behind ``vllm serve``, used
+through ``openai_compat``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator, Sequence
+
+from ray_pipeline.core.errors import ConfigError
 
 Message = dict[str, str]
 
@@ -148,3 +153,43 @@ class Teacher(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Backend(ABC):
+    """What one kind of teacher config does around a job: its name, its start, its stage actors.
+
+    One subclass per backend file, registered in ``factory`` under the config's ``kind``. The driver calls
+    :meth:`model_name` and :meth:`session`; the teacher stage calls :meth:`teacher` in each actor on the
+    config the session yielded (a *stage config*), and sizes its actors with :meth:`stage_resources` and
+    :meth:`batch_size`.
+    """
+
+    kind: ClassVar[str]
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    def model_name(self) -> str:
+        """The model name recorded in lineage and in cache keys, known before anything starts."""
+        return str(self.config.model)
+
+    def preflight(self) -> None:
+        """Fail fast, with one line, before any work starts."""
+
+    @contextmanager
+    def session(self, log_dir: Path) -> Iterator[Any]:
+        """Start the job-wide part of the teacher (if any) and yield the stage config."""
+        self.preflight()
+        yield self.config
+
+    def teacher(self) -> Teacher:
+        """The teacher of one stage actor (built once per actor)."""
+        raise ConfigError(f"teacher kind {self.kind!r} cannot run inside a stage")
+
+    def stage_resources(self, http_cpus: float) -> dict[str, float]:
+        """Ray resources of one teacher-stage actor."""
+        return {"num_cpus": http_cpus}
+
+    def batch_size(self) -> int:
+        """Rows per batch when the job sets none: enough to keep every in-flight call of the teacher busy."""
+        return int(getattr(self.config, "concurrency", 16))

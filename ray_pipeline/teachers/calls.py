@@ -1,50 +1,33 @@
-"""Driver-side plumbing every pipeline uses to call its teacher.
+"""The one path from a pipeline to its teacher.
 
 ``RequestBuilder`` turns a template and its values into teacher-stage rows
-(messages, sampling with a per-request seed, cache key, and the cached answer
-when there is one); ``TeacherCalls`` runs such rows through the one
-``TeacherStage`` on a Ray Data actor pool, stops a run whose teacher is down
-(``DEAD_TEACHER_STREAK`` failures in a row) and keeps the token and call tally
-the manifest reports. Rows the cache answers in full never reach a stage, and a
-teacher given as a start function starts only at the first call the cache
-cannot answer: a rerun of a finished job starts nothing.
+(``rows.request_row``: the request and its cache key computed once, and the
+cached answer when there is one); ``TeacherCalls`` runs such rows through the
+one ``TeacherStage`` on a Ray Data actor pool, stops a run whose teacher is
+down (``tally.Breaker``) and keeps the one ``tally.CallTally`` the manifest
+reports. Rows the cache answers in full never reach a stage, and a teacher
+started lazily (``TeacherCalls.lazy``, the way every pipeline starts it)
+starts only at the first call the cache cannot answer: a rerun of a finished
+job starts nothing.
 """
 
 from __future__ import annotations
 
-import json
-from contextlib import AbstractContextManager, ExitStack
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
-from ray_pipeline.core.config import RayConfig, SamplingConfig, VLLMTeacherConfig
-from ray_pipeline.core.errors import TeacherError
+from ray_pipeline.core.config import RayConfig
 from ray_pipeline.core.executor import run_stage
 from ray_pipeline.prompts import PromptTemplate
-from ray_pipeline.teachers.stage import TeacherStage, request_from_row, result_columns
-from ray_pipeline.teachers.base import ChatResult
-from ray_pipeline.teachers.factory import StageTeacherConfig, stage_resources
+from ray_pipeline.teachers.base import ChatRequest, ChatResult
+from ray_pipeline.teachers.factory import StageTeacherConfig, backend_for, teacher_session
+from ray_pipeline.teachers.rows import Answer, SamplingSettings, cached_result, request_row, sampling_at
+from ray_pipeline.teachers.stage import TeacherStage
+from ray_pipeline.teachers.tally import DEAD_TEACHER_STREAK, Breaker, CallTally
 
-# This many teacher calls failing in a row (after their retries) means the
-# teacher is down, not that some prompts are bad: stop instead of spending the
-# seed pairs, and let a rerun resume from the cache.
-DEAD_TEACHER_STREAK = 16
-# Default rows per batch when the job does not set one: enough to keep every
-# in-flight slot of an HTTP teacher busy, and a large batch for an engine.
-_VLLM_BATCH = 64
-
-
-def sampling_json(cfg: SamplingConfig, seed: int) -> str:
-    return json.dumps(
-        {
-            "temperature": cfg.temperature,
-            "top_p": cfg.top_p,
-            "max_tokens": cfg.max_tokens,
-            "seed": seed,
-            "stop": list(cfg.stop),
-        },
-        sort_keys=True,
-    )
+__all__ = ["DEAD_TEACHER_STREAK", "Breaker", "CallTally", "RequestBuilder", "TeacherCalls", "answer_from_cache"]
 
 
 @dataclass
@@ -52,21 +35,13 @@ class RequestBuilder:
     """Turns a template and its values into teacher-stage rows (messages, sampling, cache key, cached answer)."""
 
     template: PromptTemplate
-    sampling: SamplingConfig
+    sampling: SamplingSettings
     model: str
     cache: dict[str, ChatResult]
 
     def request(self, seed: int, **values: str) -> dict[str, Any]:
-        messages = json.dumps(self.template.render(**values), ensure_ascii=False)
-        sampling = sampling_json(self.sampling, seed)
-        key = request_from_row(messages, sampling).cache_key(self.model)
-        hit = self.cache.get(key)
-        return {
-            "messages": messages,
-            "sampling": sampling,
-            "cache_key": key,
-            "cached": json.dumps(hit.to_json()) if hit is not None else "",
-        }
+        request = ChatRequest.make(self.template.render(**values), sampling_at(self.sampling, seed))
+        return request_row(request, self.model, self.cache)
 
 
 def answer_from_cache(requests: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
@@ -74,67 +49,21 @@ def answer_from_cache(requests: list[dict[str, Any]], prefix: str) -> list[dict[
 
     For a rerun that needs no call: nothing is started (no server, no engine, no actors).
     """
-    results = []
+    answered = []
     for row in requests:
-        if not row["cached"]:
+        result = cached_result(row)
+        if result is None:
             raise ValueError("answer_from_cache: a row has no cached answer")
-        result = ChatResult.from_json(json.loads(row["cached"]))
-        result.cached = True
-        results.append(result)
-    columns = result_columns(results, node="")
-    return [{**row, **{f"{prefix}_{name}": values[i] for name, values in columns.items()}}
-            for i, row in enumerate(requests)]
-
-
-class Breaker:
-    """Counts teacher calls failing in a row; trips at DEAD_TEACHER_STREAK."""
-
-    def __init__(self, cache_dir: object):
-        self.cache_dir = cache_dir
-        self.streak = 0
-
-    def observe(self, error: str) -> None:
-        self.streak = self.streak + 1 if error else 0
-        if self.streak >= DEAD_TEACHER_STREAK:
-            raise TeacherError(
-                f"the teacher failed {self.streak} calls in a row (last: {error}); finished calls are cached "
-                f"in {self.cache_dir}: fix the teacher and run the same command again to resume"
-            )
-
-
-@dataclass
-class CallTally:
-    """Tokens of every answered row, and what this process actually spent (cache hits excluded)."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    calls: int = 0
-    retries: int = 0
-    cache_hits: int = 0
-    spent_prompt: int = 0
-    spent_completion: int = 0
-    by_prefix: dict[str, int] = field(default_factory=dict)
-
-    def add(self, row: dict[str, Any], prefix: str) -> None:
-        p, c = int(row[f"{prefix}_prompt_tokens"]), int(row[f"{prefix}_completion_tokens"])
-        self.prompt_tokens += p
-        self.completion_tokens += c
-        self.by_prefix[prefix] = self.by_prefix.get(prefix, 0) + 1
-        if row[f"{prefix}_cached"]:
-            self.cache_hits += 1
-        else:
-            self.calls += 1
-            self.retries += max(0, int(row[f"{prefix}_attempts"]) - 1)
-            self.spent_prompt += p
-            self.spent_completion += c
+        answered.append({**row, **Answer.of(result, node="").columns(prefix)})
+    return answered
 
 
 class TeacherCalls:
-    """Runs request rows through the teacher stage; one per pipeline run.
+    """Runs request rows through the teacher stage; one per pipeline run (or per evaluated model).
 
-    Built with a started teacher's stage config, or with ``start``: a context-manager factory yielding one (e.g.
-    ``teacher_session``), entered only when a call misses the cache and left when this object is (use it as a
-    context manager). A rerun whose answers are all cached then starts no teacher at all.
+    Made with :meth:`lazy` (the teacher starts at the first cache miss), or with a started teacher's stage
+    config, or with ``start``: a context-manager factory yielding one, entered only when a call misses the
+    cache and left when this object is (use it as a context manager).
     """
 
     def __init__(self, stage_cfg: StageTeacherConfig | None, ray_cfg: RayConfig, cache_dir: object,
@@ -148,6 +77,24 @@ class TeacherCalls:
         self.tally = CallTally()
         self._start = start
         self._stack = ExitStack()
+
+    @classmethod
+    def lazy(cls, teacher_cfg: object, ray_cfg: RayConfig, cache_dir: object, log_dir: object,
+             on_start: Callable[[], None] | None = None) -> "TeacherCalls":
+        """Calls whose teacher (any job's teacher config) starts at the first call the cache cannot answer.
+
+        ``on_start`` runs once the teacher is up and has passed its preflight, before the first call (e.g. to
+        start the run directory: an unreachable teacher then fails before anything is written).
+        """
+
+        @contextmanager
+        def start() -> Iterator[StageTeacherConfig]:
+            with teacher_session(teacher_cfg, Path(str(log_dir))) as stage_cfg:
+                if on_start is not None:
+                    on_start()
+                yield stage_cfg
+
+        return cls(None, ray_cfg, cache_dir, start=start)
 
     @property
     def started(self) -> bool:
@@ -168,8 +115,8 @@ class TeacherCalls:
     def run(self, requests: list[dict[str, Any]], prefix: str, order_key: str | None = None) -> list[dict[str, Any]]:
         """Answer ``requests`` (rows from ``RequestBuilder.request`` plus any fields of the caller's own).
 
-        Rows come back in input order with the ``<prefix>_*`` result columns. Failures are fed to the
-        breaker in ``order_key`` order (default: input order), so a dead teacher stops the run.
+        Rows come back in input order with the ``<prefix>_*`` result columns. Answers are tallied, and failures
+        fed to the breaker, in ``order_key`` order (default: input order), so a dead teacher stops the run.
         """
         if not requests:
             return []
@@ -177,17 +124,18 @@ class TeacherCalls:
             answered = answer_from_cache(requests, prefix)
         else:
             stage_cfg = self._stage_config()
-            default_batch = _VLLM_BATCH if isinstance(stage_cfg, VLLMTeacherConfig) else getattr(stage_cfg, "concurrency", 16)
+            backend = backend_for(stage_cfg)
             answered = run_stage(
                 requests,
                 TeacherStage,
                 {"teacher_cfg": stage_cfg, "cache_dir": self.cache_dir, "prefix": prefix},
-                batch_size=self.ray_cfg.batch_size or default_batch,
+                batch_size=self.ray_cfg.batch_size or backend.batch_size(),
                 num_actors=self.ray_cfg.num_actors,
-                resources=stage_resources(stage_cfg, self.ray_cfg.num_cpus_per_actor),
+                resources=backend.stage_resources(self.ray_cfg.num_cpus_per_actor),
             )
         ordered = sorted(answered, key=lambda r: r[order_key]) if order_key else answered
         for row in ordered:
-            self.tally.add(row, prefix)
-            self.breaker.observe(row[f"{prefix}_error"])
+            answer = Answer.read(row, prefix)
+            self.tally.count(answer, prefix)
+            self.breaker.observe(answer.error)
         return answered

@@ -2,9 +2,9 @@
 
 :class:`EmbeddedServer` converts the bundled GGUF once (see ``model_files``),
 starts vLLM's OpenAI-compatible server on ``127.0.0.1`` and waits until it
-answers ``/health``. ``factory.teacher_session`` starts it for a job and hands
-the stages an OpenAI-compatible config pointed at it
-(``factory.embedded_stage_config``): the stages only ever see the HTTP endpoint.
+answers ``/health``. :class:`EmbeddedBackend` (``kind: embedded``) starts it
+for a job's session and hands the stages an OpenAI-compatible config pointed at
+it (:func:`embedded_stage_config`): the stages only ever see the HTTP endpoint.
 
 No process may outlive its owner. The server runs under a small supervisor
 process (``_supervise`` below) in a session and process group of its own:
@@ -41,9 +41,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
-from ray_pipeline.core.config import EmbeddedTeacherConfig
+from ray_pipeline.core.config import EmbeddedTeacherConfig, OpenAITeacherConfig
 from ray_pipeline.core.processes import alive, process_tree
 from ray_pipeline.core.errors import TeacherError
 from ray_pipeline.core.model_files import (
@@ -51,6 +51,7 @@ from ray_pipeline.core.model_files import (
     chat_template_path,
     ensure_embedded_model,
 )
+from ray_pipeline.teachers.base import Backend
 
 SERVED_MODEL_NAME = EMBEDDED_MODEL_NAME  # "gemma3-270m"
 HOST = "127.0.0.1"
@@ -500,3 +501,35 @@ class EmbeddedServer:
         self._known = set()
         if left:
             raise TeacherError(f"embedded vLLM server processes {sorted(left)} survived SIGKILL")
+
+
+# ---------------------------------------------------------------- backend
+def embedded_stage_config(cfg: EmbeddedTeacherConfig, server: Any) -> OpenAITeacherConfig:
+    """How stages talk to a running embedded server (``model``, ``base_url``): the OpenAI-compatible HTTP teacher."""
+    return OpenAITeacherConfig(
+        model=server.model,
+        base_url=server.base_url,
+        api_key="EMPTY",
+        concurrency=cfg.concurrency,
+        timeout_s=cfg.timeout_s,
+        max_retries=cfg.max_retries,
+    )
+
+
+class EmbeddedBackend(Backend):
+    """``kind: embedded``: one ``vllm serve`` for the job; its stages are ``kind: openai`` stages."""
+
+    kind = "embedded"
+    config: EmbeddedTeacherConfig
+
+    def model_name(self) -> str:
+        return SERVED_MODEL_NAME
+
+    @contextlib.contextmanager
+    def session(self, log_dir: Path) -> Iterator[OpenAITeacherConfig]:
+        from ray_pipeline.teachers.openai_compat import OpenAIBackend
+
+        with EmbeddedServer(self.config, log_path=log_dir / "embedded-vllm.log") as server:
+            stage_cfg = embedded_stage_config(self.config, server)
+            OpenAIBackend(stage_cfg).preflight()
+            yield stage_cfg

@@ -1,103 +1,77 @@
-"""From a teacher config to a running teacher.
+"""From a teacher config to its backend, and the functions pipelines call on it.
 
-``teacher_session`` runs on the driver and starts whatever the teacher needs for
-the whole job (the embedded ``vllm serve``), yielding the config that the
-pipeline's stages use; ``build_teacher`` runs inside each stage actor and makes
-the :class:`Teacher` from that config, once per actor.
+Backends are looked up by the config's ``kind`` (``BACKENDS``: one class per
+backend file, imported only when used, so that naming an HTTP teacher never
+imports vLLM). ``teacher_session`` runs on the driver and starts whatever the
+teacher needs for the whole job (the embedded ``vllm serve``), yielding the
+*stage config* the pipeline's stages use; ``build_teacher`` runs inside each
+stage actor and makes the :class:`Teacher` from that config, once per actor.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
+from importlib import import_module
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Union
+from typing import Union
 
 from ray_pipeline.core.config import EmbeddedTeacherConfig, OpenAITeacherConfig, VLLMTeacherConfig
 from ray_pipeline.core.errors import ConfigError
-from ray_pipeline.teachers.base import Teacher
+from ray_pipeline.teachers.base import Backend, Teacher
+from ray_pipeline.teachers.vllm_engines import VLLMEngines
 
-if TYPE_CHECKING:
-    from ray_pipeline.teachers.embedded import EmbeddedServer
+# The configs a teacher stage runs on (what ``teacher_session`` yields).
+StageTeacherConfig = Union[OpenAITeacherConfig, VLLMTeacherConfig, VLLMEngines]
+# Any teacher a job may name.
+TeacherConfig = Union[OpenAITeacherConfig, VLLMTeacherConfig, EmbeddedTeacherConfig]
 
-StageTeacherConfig = Union[OpenAITeacherConfig, VLLMTeacherConfig]
+#: config kind -> "module:Backend class"
+BACKENDS: dict[str, str] = {
+    "openai": "ray_pipeline.teachers.openai_compat:OpenAIBackend",
+    "vllm": "ray_pipeline.teachers.vllm_offline:VLLMBackend",
+    "embedded": "ray_pipeline.teachers.embedded:EmbeddedBackend",
+    "vllm_engines": "ray_pipeline.teachers.vllm_engines:VLLMEnginesBackend",  # a started vllm teacher's stages
+}
 
 
-def teacher_model_name(cfg: StageTeacherConfig) -> str:
-    """The model name recorded in lineage and in cache keys."""
-    if isinstance(cfg, VLLMTeacherConfig):
-        from ray_pipeline.teachers.vllm_offline import model_name
+def backend_for(cfg: object) -> Backend:
+    """The backend of a teacher config, by its ``kind``."""
+    where = BACKENDS.get(getattr(cfg, "kind", None))  # type: ignore[arg-type]
+    if where is None:
+        raise ConfigError(f"unknown teacher config {cfg!r}")
+    module, name = where.split(":")
+    return getattr(import_module(module), name)(cfg)
 
-        return model_name(cfg)
-    return cfg.model
+
+def configured_model_name(cfg: TeacherConfig) -> str:
+    """The model name of any teacher config, recorded in lineage and cache keys, known before anything starts."""
+    return backend_for(cfg).model_name()
 
 
-def configured_model_name(cfg: object) -> str:
-    """The model name of any teacher config, known before anything starts (the embedded server's fixed name)."""
-    if isinstance(cfg, EmbeddedTeacherConfig):
-        from ray_pipeline.teachers.embedded import SERVED_MODEL_NAME
-
-        return SERVED_MODEL_NAME
-    return teacher_model_name(cfg)  # type: ignore[arg-type]
+teacher_model_name = configured_model_name  # the same for a stage config
 
 
 def build_teacher(cfg: StageTeacherConfig) -> Teacher:
-    if isinstance(cfg, OpenAITeacherConfig):
-        from ray_pipeline.teachers.openai_compat import OpenAICompatTeacher
-
-        return OpenAICompatTeacher(cfg)
-    if isinstance(cfg, VLLMTeacherConfig):
-        from ray_pipeline.teachers.vllm_offline import VLLMOfflineTeacher
-
-        return VLLMOfflineTeacher(cfg)
-    raise ConfigError(f"teacher kind {getattr(cfg, 'kind', cfg)!r} cannot run inside a stage")
+    return backend_for(cfg).teacher()
 
 
 def stage_resources(cfg: StageTeacherConfig, http_cpus: float) -> dict[str, float]:
     """Ray resources of one teacher-stage actor."""
-    if isinstance(cfg, VLLMTeacherConfig):
-        return {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus * cfg.tensor_parallel_size}
-    return {"num_cpus": http_cpus}
+    return backend_for(cfg).stage_resources(http_cpus)
 
 
 def preflight(cfg: StageTeacherConfig) -> None:
     """Fail fast, with one line, before any work starts."""
-    if isinstance(cfg, OpenAITeacherConfig):
-        teacher = build_teacher(cfg)
-        try:
-            teacher.check()
-        finally:
-            teacher.close()
-    elif isinstance(cfg, VLLMTeacherConfig):
-        from ray_pipeline.teachers.vllm_offline import check_config
-
-        check_config(cfg)
+    backend_for(cfg).preflight()
 
 
-def embedded_stage_config(cfg: EmbeddedTeacherConfig, server: "EmbeddedServer") -> OpenAITeacherConfig:
-    """How stages talk to a running embedded server: the OpenAI-compatible HTTP teacher."""
-    return OpenAITeacherConfig(
-        model=server.model,
-        base_url=server.base_url,
-        api_key="EMPTY",
-        concurrency=cfg.concurrency,
-        timeout_s=cfg.timeout_s,
-        max_retries=cfg.max_retries,
-    )
-
-
-@contextmanager
-def teacher_session(cfg: object, log_dir: Path) -> Iterator[StageTeacherConfig]:
+def teacher_session(cfg: TeacherConfig, log_dir: Path) -> AbstractContextManager[StageTeacherConfig]:
     """Start the job-wide part of a teacher and yield the config its stages use."""
-    if isinstance(cfg, EmbeddedTeacherConfig):
-        from ray_pipeline.teachers.embedded import EmbeddedServer
+    return backend_for(cfg).session(log_dir)
 
-        with EmbeddedServer(cfg, log_path=log_dir / "embedded-vllm.log") as server:
-            stage_cfg = embedded_stage_config(cfg, server)
-            preflight(stage_cfg)
-            yield stage_cfg
-        return
-    if isinstance(cfg, (OpenAITeacherConfig, VLLMTeacherConfig)):
-        preflight(cfg)
-        yield cfg
-        return
-    raise ConfigError(f"unknown teacher config {cfg!r}")
+
+def embedded_stage_config(cfg: EmbeddedTeacherConfig, server: object) -> OpenAITeacherConfig:
+    """How stages talk to a running embedded server: the OpenAI-compatible HTTP teacher."""
+    from ray_pipeline.teachers.embedded import embedded_stage_config as stage_config
+
+    return stage_config(cfg, server)

@@ -18,6 +18,10 @@ retries are disabled so that ours are the only ones. A call that still fails
 comes back as a result whose ``error`` is one line, e.g.
 ``api_error: HTTP 500 after 7 attempts``. The API key never appears in
 results, errors or logs.
+
+:class:`OpenAIBackend` is the ``kind: openai`` backend (and the stage side of
+``kind: embedded``): a preflight that asks the endpoint for its models, one
+teacher per stage actor, batches of ``concurrency`` rows.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from openai import AsyncOpenAI
 
 from ray_pipeline.core.config import OpenAITeacherConfig
 from ray_pipeline.core.errors import TeacherError
-from ray_pipeline.teachers.base import ChatRequest, ChatResult, ResultCallback, Teacher
+from ray_pipeline.teachers.base import Backend, ChatRequest, ChatResult, ResultCallback, Teacher
 from ray_pipeline.teachers.pricing import cost_usd, price_for
 from ray_pipeline.teachers.ratelimit import RateLimits
 
@@ -411,3 +415,19 @@ class OpenAICompatTeacher(Teacher):
             # any other answer (404: no /models route, 429: busy) means the server is up
         except (openai.APIResponseValidationError, ValueError):
             pass  # it answered, just not with a model list
+
+
+class OpenAIBackend(Backend):
+    """``kind: openai``: any OpenAI-compatible endpoint; the embedded server's stages use it too."""
+
+    kind = "openai"
+
+    def preflight(self) -> None:
+        teacher = self.teacher()
+        try:
+            teacher.check()
+        finally:
+            teacher.close()
+
+    def teacher(self) -> OpenAICompatTeacher:
+        return OpenAICompatTeacher(self.config)

@@ -33,7 +33,7 @@ import yaml
 from ray_pipeline.core.config import SFTJob, job_to_dict
 from ray_pipeline.core.errors import ConfigError
 from ray_pipeline.core.models import check_causal_lm, one_line, resolve_model
-from ray_pipeline.core.outputs import RunDir, atomic_write_json, config_hash, package_versions
+from ray_pipeline.core.outputs import RunDir, config_hash, manifest_header
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def run_sft(job: SFTJob, address: str | None = None, force: bool = False) -> dic
     run.start(config)
     (run.path / "data").mkdir(exist_ok=True)
     run.write_table("data/sequences", prepared.table)
-    atomic_write_json(run.path / "data" / "report.json", prepared.data_report)
+    run.write_json("data/report.json", prepared.data_report)
 
     cluster = connect(address or job.ray.address)
     spec = train_spec(job, prepared)
@@ -194,19 +194,15 @@ def run_sft(job: SFTJob, address: str | None = None, force: bool = False) -> dic
     run.write_jsonl("metrics.jsonl", history)
     _loss_curve(history, run.path / "loss_curve.png", job.name)
     metrics = summarise(history, state, spec)
-    atomic_write_json(run.path / "metrics.json", metrics)
+    run.write_json("metrics.json", metrics)
     manifest = {
-        "job": job.name,
-        "kind": job.kind,
-        "config_hash": config_hash(config),
+        **manifest_header(config, cluster, round(time.time() - started, 2),
+                          ("ray", "torch", "transformers", "deepspeed", "peft", "pyarrow", "pydantic")),
         "model": {"base": prepared.model_path, "output": str(model_dir), "strategy": spec.strategy,
                   "precision": spec.precision, "lora": spec.lora is not None},
         "data": prepared.data_report,
         "training": metrics,
         "checkpoints": f"{storage.rstrip('/')}/{ray_train.RUN_NAME}",
-        "cluster": cluster,
-        "wall_time_s": round(time.time() - started, 2),
-        "versions": package_versions(("ray", "torch", "transformers", "deepspeed", "peft", "pyarrow", "pydantic")),
         "outputs": {"model": MODEL_DIR, "metrics": "metrics.json", "steps": "metrics.jsonl",
                     "loss_curve": "loss_curve.png", "sequences": "data/sequences.parquet"},
     }

@@ -27,6 +27,7 @@ def two_nodes():
     cluster.shutdown()
 
 
+@pytest.mark.ray
 def test_rows_processed_on_both_nodes(tmp_path, two_nodes, code_alpaca):
     assert len(two_nodes) == 2
     with FaultInjectingOpenAIServer(latency_s=0.2) as srv:
@@ -44,4 +45,30 @@ def test_rows_processed_on_both_nodes(tmp_path, two_nodes, code_alpaca):
     response_nodes = {r["response_node"] for r in rows if r["selected"]}
     assert fusion_nodes == two_nodes
     assert response_nodes == two_nodes
-    assert "2 nodes" in manifest["ray"]
+    assert "2 nodes" in manifest["cluster"]
+
+
+@pytest.mark.ray
+def test_no_address_starts_a_local_ray_even_when_a_dead_cluster_is_on_record():
+    """Ray's own default joins the cluster in <tmp>/ray/ray_current_cluster and waits for it forever."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from tests.paths import REPO
+
+    temp = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))  # short: Ray's socket paths live under it
+    try:
+        (temp / "ray").mkdir()
+        (temp / "ray" / "ray_current_cluster").write_text("127.0.0.1:1\n")  # a cluster long gone
+        env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"}
+        env["RAY_TMPDIR"] = str(temp)
+        code = "from ray_pipeline.core.executor import connect; print(connect())"
+        done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip().splitlines()[-1] == "local (1 node)"
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)

@@ -420,6 +420,7 @@ def test_the_chart_refuses_what_the_schema_cannot_see(values: dict[str, Any], me
 
 # --- checkov --------------------------------------------------------------------------------------------------
 
+@pytest.mark.checkov
 def test_checkov_finds_nothing_and_every_skip_has_a_reason(renders: dict[str, Render], tmp_path: Path) -> None:
     files = []
     for r in renders.values():

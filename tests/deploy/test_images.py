@@ -120,6 +120,7 @@ USER root
 """
 
 
+@pytest.mark.checkov
 def test_checkov_passes_both_images_and_still_fails_a_bad_one(tmp_path):
     bad = tmp_path / "Dockerfile"
     bad.write_text(BAD_DOCKERFILE)
@@ -458,7 +459,7 @@ def _check_image(args: list[str], env: dict[str, str], cwd: Path = REPO) -> subp
 
 
 def test_check_image_passes_with_this_machines_toolchains_and_the_shared_data():
-    from ray_pipeline.evaluation.executors.multiple import multiple_executor
+    from ray_pipeline.evaluation.executors.languages import multiple_executor
     from ray_pipeline.evaluation.problems import MULTIPLE_LANGUAGES
 
     present = [lang for lang in MULTIPLE_LANGUAGES if multiple_executor(lang, None).unavailable_reason() is None]

@@ -388,6 +388,7 @@ def test_k8s_check_notices_a_stale_file(tmp_path, monkeypatch):
     assert script.main() == 1
 
 
+@pytest.mark.checkov
 def test_checkov_finds_nothing_in_k8s():
     """checkov's Kubernetes checks over k8s/ (it knows the built-in kinds; the Ray pods are checked above): nothing
     fails, and every skip (annotations on the CronJob) says why."""

@@ -59,6 +59,8 @@ def _run_pod(container: dict, volumes: dict[str, Path], index: int | None, files
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.ray
+@pytest.mark.sandbox
 def test_the_charts_shard_and_merge_pods_make_one_table(tmp_path):
     require_shared()
     from ray_pipeline.evaluation.evalplus_data import load_evalplus

@@ -35,13 +35,13 @@ from ray_pipeline.evaluation.executors import evalplus as evalplus_executor
 from ray_pipeline.evaluation.executors.cpp import CppExecutor
 from ray_pipeline.evaluation.executors.evalplus import EvalPlusExecutor
 from ray_pipeline.evaluation.executors.java import JavaExecutor
-from ray_pipeline.evaluation.executors.multiple import multiple_executor
+from ray_pipeline.evaluation.executors.languages import multiple_executor
 from ray_pipeline.evaluation.problems import MULTIPLE_LANGUAGES
 from ray_pipeline.evaluation.sandbox import Sandbox
 from tests.conftest import REPO, needs_bwrap, read_jsonl, require_sandbox
 from tests.eval_data import answer, write_evalplus, write_multiple
 
-pytestmark = needs_bwrap
+pytestmark = [pytest.mark.sandbox, needs_bwrap]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -229,6 +229,7 @@ def _verdicts(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
             for r in rows}
 
 
+@pytest.mark.sandbox
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed (MultiPL-E JavaScript)")
 def test_two_published_shards_merge_to_the_unsharded_run(tmp_path, local_ray, monkeypatch):
     require_shared()
@@ -342,6 +343,7 @@ def _processes_with(marker: str) -> list[str]:
     return found
 
 
+@pytest.mark.sandbox
 def test_pod_isolation_kills_every_process_of_a_program(tmp_path, monkeypatch):
     """At the timeout, and when the program ends: also children that left its process group and session."""
     monkeypatch.setattr(sandbox_module, "_cgroup_host", lambda: None)  # as in a pod: no cgroup sweeps up after it
@@ -379,6 +381,7 @@ def test_pod_isolation_kills_every_process_of_a_program(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # the scratch directories are gone
 
 
+@pytest.mark.sandbox
 def test_pod_isolation_gives_an_empty_environment_and_its_own_work_directory(tmp_path, monkeypatch):
     secret = f"secret-{uuid.uuid4().hex}"
     monkeypatch.setenv("FUSION_POD_TEST_SECRET", secret)
@@ -400,6 +403,7 @@ def test_pod_isolation_gives_an_empty_environment_and_its_own_work_directory(tmp
         pod.remove_workdir(work)
 
 
+@pytest.mark.sandbox
 def test_pod_isolation_needs_no_bwrap_and_the_environment_overrides_the_job(tmp_path, monkeypatch):
     real_which = shutil.which
     monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "bwrap" else real_which(name, *a, **k))
@@ -420,6 +424,7 @@ def test_pod_isolation_needs_no_bwrap_and_the_environment_overrides_the_job(tmp_
     assert sandbox_module._user_tasks(os.getuid()) >= threading.active_count()
 
 
+@pytest.mark.sandbox
 @needs_bwrap
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed (MultiPL-E JavaScript)")
 def test_pod_isolation_scores_like_bwrap():

@@ -35,7 +35,7 @@ from ray_pipeline.evaluation.executors.evalplus import EvalPlusExecutor
 from tests.conftest import SHARED, needs_bwrap, require_sandbox, require_shared
 from tests.hostile_programs import FORGERIES, FORGES_EVALPLUS, ORPHAN
 
-pytestmark = needs_bwrap
+pytestmark = [pytest.mark.sandbox, needs_bwrap]
 
 HUMANEVAL = SHARED / "data/bench/evalplus/HumanEvalPlus-v0.1.10.jsonl.gz"
 MBPP = SHARED / "data/bench/evalplus/MbppPlus-v0.2.0.jsonl.gz"

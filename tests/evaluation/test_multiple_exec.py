@@ -17,14 +17,15 @@ import pytest
 from ray_pipeline.core.errors import EvaluationError
 from ray_pipeline.evaluation import multiple_data
 from ray_pipeline.evaluation.executors.java import JAVATUPLES_ENV, JavaExecutor
-from ray_pipeline.evaluation.executors.multiple import MultiplEExecutor, multiple_executor
+from ray_pipeline.evaluation.executors.languages import multiple_executor
+from ray_pipeline.evaluation.executors.multiple import MultiplEExecutor
 from ray_pipeline.evaluation.executors.swift import SwiftExecutor
 from ray_pipeline.evaluation.multiple_data import HF_DATASET, HF_REVISION, load_multiple
 from ray_pipeline.evaluation.problems import Problem
 from ray_pipeline.evaluation.sandbox import Sandbox
 from tests.conftest import SHARED, needs_bwrap, require_shared
 
-pytestmark = needs_bwrap
+pytestmark = [pytest.mark.sandbox, needs_bwrap]
 
 MULTIPLE_DIR = SHARED / "data/bench/multipl-e"
 #: problem counts of SOURCE.md

@@ -30,7 +30,7 @@ from ray_pipeline.evaluation.sandbox import Limits, Outcome, Sandbox, SandboxErr
 from tests.conftest import REPO, needs_bwrap, require_sandbox
 from tests.hostile_programs import CHECK, HOSTILE, SOLUTION, program
 
-pytestmark = needs_bwrap
+pytestmark = [pytest.mark.sandbox, needs_bwrap]
 
 #: the wall clock is well above the CPU limit, so that a loaded machine still ends infinite_loop by CPU time
 LIMITS = Limits(wall_s=6, cpu_s=2, memory_mb=512, total_memory_mb=1024, disk_mb=128)
@@ -416,9 +416,11 @@ def test_a_tree_deeper_than_path_max_is_handled(tmp_path: Path) -> None:
         os.close(fd)
         fd = deeper
     os.close(fd)
-    outcome = sandbox.run(["/bin/sh", "-c", "cd ddd/ddd && pwd"], limits=LIMITS, work=work)
-    assert outcome.stdout == "/tmp/ddd/ddd\n"
-    sandbox.remove_workdir(work)
+    try:
+        outcome = sandbox.run(["/bin/sh", "-c", "cd ddd/ddd && pwd"], limits=LIMITS, work=work)
+        assert outcome.stdout == "/tmp/ddd/ddd\n"
+    finally:  # even when the run fails: a tree this deep left in tmp_path breaks pytest's own cleanup later
+        sandbox.remove_workdir(work)
     assert not work.exists()
 
 

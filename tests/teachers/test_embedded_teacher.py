@@ -161,6 +161,7 @@ def test_server_command_matches_engine_kwargs():
     assert "--enforce-eager" not in compiled._command(Path("/models/g"))
 
 
+@pytest.mark.vllm
 def test_startup_failure_is_one_line_and_leaves_nothing(tmp_path):
     """A server that dies at startup: TeacherError naming the cause; no process left."""
     server = embedded.EmbeddedServer(
@@ -181,6 +182,7 @@ def test_startup_failure_is_one_line_and_leaves_nothing(tmp_path):
     assert not server.running() and server.process_ids() == set()
 
 
+@pytest.mark.vllm
 def test_startup_timeout_stops_the_tree(tmp_path):
     server = embedded.EmbeddedServer(
         EmbeddedTeacherConfig(startup_timeout_s=2), log_path=tmp_path / "server.log", model_dir=tmp_path

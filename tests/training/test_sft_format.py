@@ -147,6 +147,7 @@ def _gemma_dir() -> Path | None:
     return found[0] if found else None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_gemma_dir() is None, reason="no converted Gemma 3 tokenizer in the fusion cache")
 def test_real_gemma_tokenizer_chat_and_alpaca():
     from transformers import AutoTokenizer

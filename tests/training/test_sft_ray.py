@@ -15,7 +15,7 @@ import yaml
 from tests.conftest import REPO, fusion_cli, read_jsonl
 from tests.sft_helpers import save_tiny_model, seed_rows
 
-pytestmark = pytest.mark.cluster
+pytestmark = pytest.mark.ray
 
 QUICKSTART_SEEDS = REPO / "ray_pipeline/data/seeds/quickstart.jsonl"
 

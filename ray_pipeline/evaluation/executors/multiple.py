@@ -27,7 +27,7 @@ out there).
 A language subclass (``java.py``, ``javascript.py``, ...) declares its file
 extension, how to find its toolchain, its build and run commands, its timeouts
 and sandbox limits, and, where it differs from the compiled-language rule, how a
-run is classified. :func:`multiple_executor` picks the subclass for a language.
+run is classified. ``executors.languages.multiple_executor`` picks the subclass for a language.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 from ray_pipeline.core.errors import EvaluationError
 from ray_pipeline.evaluation.executors.base import DEFAULT_NPROC, Executor, KnownPrograms, Verdict
-from ray_pipeline.evaluation.multiple_data import multiple_language
 from ray_pipeline.evaluation.problems import Problem
 from ray_pipeline.evaluation.sandbox import SYSTEM_DIRS, Limits, Outcome, Sandbox
 
@@ -271,18 +270,3 @@ def multiple_exit_code(outcome: Outcome) -> int | None:
     if outcome.signal is not None:
         return -outcome.signal
     return outcome.exit_code
-
-
-def multiple_executor(language: str, sandbox: Sandbox, **options: Any) -> MultiplEExecutor:
-    """The executor of a MultiPL-E language (``java``, ``js``, ``cpp``, ``php``, ``swift``, ``rs`` or an alias).
-
-    ``options`` go to its constructor: ``build_timeout_s``, ``run_timeout_s``,
-    ``memory_mb``, ``nproc``, ``output_mb``, and for Java ``javatuples_jar``.
-    """
-    from ray_pipeline.evaluation.executors import cpp, java, javascript, php, rust, swift
-
-    classes: dict[str, type[MultiplEExecutor]] = {
-        "java": java.JavaExecutor, "js": javascript.JavaScriptExecutor, "cpp": cpp.CppExecutor,
-        "php": php.PhpExecutor, "rs": rust.RustExecutor, "swift": swift.SwiftExecutor,
-    }
-    return classes[multiple_language(language)](sandbox, **options)

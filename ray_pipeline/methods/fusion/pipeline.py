@@ -11,9 +11,12 @@
 4. Write the run directory (``outputs.RunDir``): Parquet with every attempt and
    its lineage, SFT JSONL in two shapes, and a manifest.
 
-Calls are cached by content in the run directory, so a run that is killed and
-started again draws the same pairs, answers them from the cache, and calls the
-teacher only for what it had not done.
+Every teacher call goes through ``teachers.calls.TeacherCalls``: calls are
+cached by content in the run directory, so a run that is killed and started
+again draws the same pairs, answers them from the cache, and calls the teacher
+only for what it had not done; the teacher starts at the first call the cache
+cannot answer, so a finished job's rerun starts none. The manifest's token and
+call counts are that object's ``CallTally``.
 """
 
 from __future__ import annotations
@@ -23,9 +26,8 @@ import logging
 import math
 import time
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 from tqdm import tqdm
@@ -36,15 +38,15 @@ from ray_pipeline.analysis.diversity import diversity_u
 from ray_pipeline.analysis.embeddings import embed_texts
 from ray_pipeline.core.errors import SeedError
 from ray_pipeline.core.executor import connect
-from ray_pipeline.core.outputs import RunDir, config_hash, package_versions
+from ray_pipeline.core.outputs import RunDir, manifest_header
 from ray_pipeline.methods.fusion.pairing import PairSampler, is_cross_language
 from ray_pipeline.prompts.parsing import OUTCOMES, cut_off, parse_fusion, parse_response
 from ray_pipeline.core.determinism import derived_seed
-from ray_pipeline.teachers.calls import DEAD_TEACHER_STREAK, RequestBuilder, TeacherCalls
+from ray_pipeline.teachers.calls import DEAD_TEACHER_STREAK, CallTally, RequestBuilder, TeacherCalls
 from ray_pipeline.prompts import PromptTemplate, load_template, warn_not_from_papers
 from ray_pipeline.core.seeds import load_seeds, seed_prompt
-from ray_pipeline.teachers.stage import RESULT_FIELDS
-from ray_pipeline.teachers.factory import StageTeacherConfig, configured_model_name, teacher_session
+from ray_pipeline.teachers.factory import configured_model_name
+from ray_pipeline.teachers.rows import RESULT_TYPES, Answer
 from ray_pipeline.teachers.pricing import cost_usd, price_for
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,9 @@ def pool_diversity(seeds: list[str], fused: list[str], embedding: EmbeddingConfi
 
 
 @dataclass
-class _Tally:
+class _Outcomes:
+    """Fusion attempts by outcome, overall and by pairing."""
+
     attempts: int = 0
     ok: int = 0
     by_outcome: Counter = field(default_factory=Counter)
@@ -120,16 +124,11 @@ class InstructionFusionRun:
         fusion = RequestBuilder(fusion_tpl, job.fusion.sampling, model, cache)
         respond = RequestBuilder(response_tpl, job.response.sampling, model, cache)
 
-        @contextmanager
-        def start_teacher() -> Iterator[StageTeacherConfig]:
-            # the teacher's preflight comes first: an unreachable one fails before anything is written
-            with teacher_session(job.teacher, self.run.log_dir) as stage_cfg:
-                self.run.start(config)
-                yield stage_cfg
-
-        # the teacher starts at the first call the cache cannot answer: a rerun of a finished job starts none
-        with TeacherCalls(None, job.ray, self.run.cache_dir, start=start_teacher) as calls:
-            rows, tally, stop_reason = self._fuse(calls, fusion, seeds, sampler)
+        # the teacher starts at the first call the cache cannot answer: a rerun of a finished job starts none;
+        # its preflight comes before the run directory starts: an unreachable one fails before anything is written
+        with TeacherCalls.lazy(job.teacher, job.ray, self.run.cache_dir, self.run.log_dir,
+                               on_start=lambda: self.run.start(config)) as calls:
+            rows, outcomes, stop_reason = self._fuse(calls, fusion, seeds, sampler)
             self._respond(calls, respond, rows)
         self.run.start(config)
         table = _to_table(rows, fusion_tpl, response_tpl, model)
@@ -137,7 +136,8 @@ class InstructionFusionRun:
         self.run.write_table(job.name, table)
         self.run.write_jsonl("sft_messages.jsonl", (_sft_messages(r) for r in sft))
         self.run.write_jsonl("sft_alpaca.jsonl", (_sft_alpaca(r) for r in sft))
-        manifest = self._manifest(config, pool, rows, tally, stop_reason, model, calls.started, cluster, t0)
+        manifest = self._manifest(config, pool, rows, outcomes, calls.tally, stop_reason, model, calls.started,
+                                  cluster, t0)
         if job.diversity:
             manifest["diversity"] = pool_diversity(
                 [seed_prompt(s) for s in seeds], [r["instruction"] for r in sft], job.embedding
@@ -148,10 +148,10 @@ class InstructionFusionRun:
     # ---------------------------------------------------------------- fusion
     def _fuse(
         self, calls: TeacherCalls, builder: RequestBuilder, seeds: list[dict[str, str]], sampler: PairSampler
-    ) -> tuple[list[dict[str, Any]], _Tally, str]:
+    ) -> tuple[list[dict[str, Any]], _Outcomes, str]:
         job = self.job
         target, budget = job.fusion.num_instructions, job.fusion.attempt_budget
-        tally = _Tally()
+        outcomes = _Outcomes()
         rows: list[dict[str, Any]] = []
         selected = 0
         stop_reason = "reached"
@@ -160,12 +160,12 @@ class InstructionFusionRun:
             round_no = 0
             by_id = {s["id"]: s for s in seeds}
             while selected < target:
-                if tally.attempts >= budget:
+                if outcomes.attempts >= budget:
                     stop_reason = "budget"
                     break
                 need = target - selected
-                rate = max(tally.pass_rate, _MIN_PASS_RATE)
-                pairs = sampler.draw_many(min(budget - tally.attempts, math.ceil(need / rate)))
+                rate = max(outcomes.pass_rate, _MIN_PASS_RATE)
+                pairs = sampler.draw_many(min(budget - outcomes.attempts, math.ceil(need / rate)))
                 if not pairs:
                     stop_reason = "pairs_exhausted"
                     break
@@ -173,7 +173,7 @@ class InstructionFusionRun:
                 for n, (i, j) in enumerate(pairs):
                     a, b = seeds[i], seeds[j]
                     row = {
-                        "attempt": tally.attempts + n,
+                        "attempt": outcomes.attempts + n,
                         "round": round_no,
                         "parent_a": a["id"],
                         "parent_b": b["id"],
@@ -185,12 +185,13 @@ class InstructionFusionRun:
                 answered = calls.run(requests, "fusion", order_key="attempt")
                 for row in sorted(answered, key=lambda r: r["attempt"]):
                     parents = (seed_prompt(by_id[row["parent_a"]]), seed_prompt(by_id[row["parent_b"]]))
-                    if row["fusion_error"]:
-                        outcome, text, reason = "api_error", "", row["fusion_error"]
+                    answer = Answer.read(row, "fusion")
+                    if answer.error:
+                        outcome, text, reason = "api_error", "", answer.error
                     else:
-                        parsed = parse_fusion(row["fusion_text"], parents, builder.template)
+                        parsed = parse_fusion(answer.text, parents, builder.template)
                         outcome, text, reason = parsed.outcome, parsed.text, parsed.reason
-                        if outcome == "ok" and cut_off(row["fusion_text"], row["fusion_finish_reason"], text):
+                        if outcome == "ok" and cut_off(answer.text, answer.finish_reason, text):
                             outcome, text, reason = "parse_error", "", "instruction cut off at max_tokens"
                     row.update(
                         fusion_outcome=outcome,
@@ -200,10 +201,10 @@ class InstructionFusionRun:
                         parents=[by_id[row["parent_a"]], by_id[row["parent_b"]]],
                     )
                     selected += row["selected"]
-                    tally.add(outcome, row["cross_language"])
+                    outcomes.add(outcome, row["cross_language"])
                     rows.append(row)
                 bar.update(min(selected, target) - bar.n)
-                bar.set_postfix(attempts=tally.attempts, pass_rate=f"{tally.pass_rate:.0%}")
+                bar.set_postfix(attempts=outcomes.attempts, pass_rate=f"{outcomes.pass_rate:.0%}")
                 round_no += 1
         if stop_reason != "reached":
             log.warning(
@@ -211,10 +212,10 @@ class InstructionFusionRun:
                 selected,
                 target,
                 "attempt budget spent" if stop_reason == "budget" else "every allowed seed pair used",
-                tally.attempts,
-                ", ".join(f"{k} {v}" for k, v in sorted(tally.by_outcome.items())),
+                outcomes.attempts,
+                ", ".join(f"{k} {v}" for k, v in sorted(outcomes.by_outcome.items())),
             )
-        return rows, tally, stop_reason
+        return rows, outcomes, stop_reason
 
     # -------------------------------------------------------------- responses
     def _respond(self, calls: TeacherCalls, builder: RequestBuilder, rows: list[dict[str, Any]]) -> None:
@@ -233,36 +234,22 @@ class InstructionFusionRun:
                 continue
             for key in ("messages", "sampling", "cache_key"):
                 row[f"response_{key}"] = got[key]
-            for name in RESULT_FIELDS:
-                row[f"response_{name}"] = got[f"response_{name}"]
-            if got["response_error"]:
+            answer = Answer.read(got, "response")
+            row.update(answer.columns("response"))
+            if answer.error:
                 row["response_outcome"], row["response"] = "api_error", ""
             else:
-                parsed = parse_response(got["response_text"])
+                parsed = parse_response(answer.text)
                 row["response_outcome"], row["response"] = parsed.outcome, parsed.text
             row["outcome"] = row["response_outcome"]
 
     # --------------------------------------------------------------- manifest
-    def _manifest(self, config, pool, rows, tally, stop_reason, model, teacher_started, cluster, t0) -> dict[str, Any]:
+    def _manifest(self, config, pool, rows, outcomes: _Outcomes, calls: CallTally, stop_reason, model, teacher_started,
+                  cluster, t0) -> dict[str, Any]:
         job = self.job
         price = price_for(model, getattr(job.teacher, "price", None))
-        tokens = {"prompt": 0, "completion": 0}
-        spent = {"prompt": 0, "completion": 0, "calls": 0, "retries": 0}
-        cache_hits = 0
-        for row in rows:
-            for p in ("fusion", "response"):
-                if f"{p}_prompt_tokens" not in row:
-                    continue
-                tokens["prompt"] += int(row[f"{p}_prompt_tokens"])
-                tokens["completion"] += int(row[f"{p}_completion_tokens"])
-                if row[f"{p}_cached"]:
-                    cache_hits += 1
-                else:
-                    spent["calls"] += 1
-                    spent["retries"] += max(0, int(row[f"{p}_attempts"]) - 1)
-                    spent["prompt"] += int(row[f"{p}_prompt_tokens"])
-                    spent["completion"] += int(row[f"{p}_completion_tokens"])
-        fusion_counts = {o: tally.by_outcome.get(o, 0) for o in OUTCOMES}
+        tokens, spent = calls.tokens(), calls.this_run()
+        fusion_counts = {o: outcomes.by_outcome.get(o, 0) for o in OUTCOMES}
         response_counts = Counter(r["response_outcome"] for r in rows if r["selected"])
         final_counts = Counter(r["outcome"] for r in rows)
         selected = sum(r["selected"] for r in rows)
@@ -272,12 +259,7 @@ class InstructionFusionRun:
             return {"attempts": n, "ok": counter.get("ok", 0), "pass_rate": counter.get("ok", 0) / n if n else None}
 
         return {
-            "job": job.name,
-            "kind": job.kind,
-            "config_hash": config_hash(config),
-            "config": config,
-            "versions": package_versions(),
-            "ray": cluster,
+            **manifest_header(config, cluster, round(time.monotonic() - t0, 3)),
             "teacher": {"kind": job.teacher.kind, "model": model, "started": teacher_started},
             "templates": {
                 "fusion": load_template(job.fusion.template).record(),
@@ -289,7 +271,7 @@ class InstructionFusionRun:
             "stop_reason": stop_reason,
             "complete": stop_reason == "reached",
             "counts": {
-                "attempts": tally.attempts,
+                "attempts": outcomes.attempts,
                 "fusion": fusion_counts,
                 "fused": selected,
                 "surplus": fusion_counts["ok"] - selected,
@@ -297,14 +279,13 @@ class InstructionFusionRun:
                 "rows": len(rows),
                 "sft_rows": final_counts.get("ok", 0),
             },
-            "invalid_rate": fusion_counts["invalid"] / tally.attempts if tally.attempts else None,
-            "pass_rate": {"all": rate(Counter(tally.by_outcome))} | {k: rate(v) for k, v in tally.by_pairing.items()},
+            "invalid_rate": fusion_counts["invalid"] / outcomes.attempts if outcomes.attempts else None,
+            "pass_rate": {"all": rate(Counter(outcomes.by_outcome))} | {k: rate(v) for k, v in outcomes.by_pairing.items()},
             "tokens": tokens,
-            "this_run": spent | {"cache_hits": cache_hits},
+            "this_run": spent,
             "cost_usd": cost_usd(price, tokens["prompt"], tokens["completion"]),
             "cost_usd_this_run": cost_usd(price, spent["prompt"], spent["completion"]),
             "price_per_million": price.model_dump(),
-            "wall_time_s": round(time.monotonic() - t0, 3),
             "outputs": {
                 "parquet": f"{job.name}.parquet",
                 "sft_messages": "sft_messages.jsonl",
@@ -314,6 +295,14 @@ class InstructionFusionRun:
 
 
 # ------------------------------------------------------------------- outputs
+_ARROW = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
+
+
+def _call_columns(prefix: str) -> list[tuple[str, pa.DataType]]:
+    """A teacher call's result columns in the table: every ``Answer`` field but the text (stored as ``<prefix>_raw``)."""
+    return [(f"{prefix}_{name}", _ARROW[kind]) for name, kind in RESULT_TYPES.items() if name != "text"]
+
+
 _SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -336,44 +325,16 @@ _SCHEMA = pa.schema(
         ("fusion_sampling", pa.string()),
         ("fusion_cache_key", pa.string()),
         ("fusion_raw", pa.string()),
-        ("fusion_error", pa.string()),
-        ("fusion_finish_reason", pa.string()),
-        ("fusion_prompt_tokens", pa.int64()),
-        ("fusion_completion_tokens", pa.int64()),
-        ("fusion_latency_s", pa.float64()),
-        ("fusion_attempts", pa.int64()),
-        ("fusion_cached", pa.bool_()),
-        ("fusion_node", pa.string()),
+        *_call_columns("fusion"),
         ("response_outcome", pa.string()),
         ("response_template", pa.string()),
         ("response_template_sha256", pa.string()),
         ("response_sampling", pa.string()),
         ("response_cache_key", pa.string()),
         ("response_raw", pa.string()),
-        ("response_error", pa.string()),
-        ("response_finish_reason", pa.string()),
-        ("response_prompt_tokens", pa.int64()),
-        ("response_completion_tokens", pa.int64()),
-        ("response_latency_s", pa.float64()),
-        ("response_attempts", pa.int64()),
-        ("response_cached", pa.bool_()),
-        ("response_node", pa.string()),
+        *_call_columns("response"),
     ]
 )
-
-
-# Teacher-call columns of a row that never made that call (a fusion that was not answered).
-_RESULT_DEFAULTS: dict[str, Any] = {
-    "error": "",
-    "finish_reason": "",
-    "prompt_tokens": 0,
-    "completion_tokens": 0,
-    "latency_s": 0.0,
-    "attempts": 0,
-    "cached": False,
-    "node": "",
-}
-assert set(_RESULT_DEFAULTS) == set(RESULT_FIELDS) - {"text"}
 
 
 def _row_id(row: dict[str, Any]) -> str:
@@ -383,6 +344,7 @@ def _row_id(row: dict[str, Any]) -> str:
 def _to_table(rows: list[dict[str, Any]], fusion_tpl: PromptTemplate, response_tpl: PromptTemplate, model: str) -> pa.Table:
     out = []
     for r in rows:
+        fusion, response = Answer.read(r, "fusion"), Answer.read(r, "response")  # response: defaults if never asked
         has_response = bool(r["response_outcome"])
         parents = r["parents"]
         rec = {
@@ -405,17 +367,16 @@ def _to_table(rows: list[dict[str, Any]], fusion_tpl: PromptTemplate, response_t
             "fusion_template_sha256": fusion_tpl.sha256,
             "fusion_sampling": r["sampling"],
             "fusion_cache_key": r["cache_key"],
-            "fusion_raw": r["fusion_text"],
+            "fusion_raw": fusion.text,
             "response_outcome": r["response_outcome"],
             "response_template": response_tpl.ref if has_response else "",
             "response_template_sha256": response_tpl.sha256 if has_response else "",
             "response_sampling": r.get("response_sampling", ""),
             "response_cache_key": r.get("response_cache_key", ""),
-            "response_raw": r.get("response_text", ""),
+            "response_raw": response.text,
+            **{k: v for k, v in fusion.columns("fusion").items() if k != "fusion_text"},
+            **{k: v for k, v in response.columns("response").items() if k != "response_text"},
         }
-        for p in ("fusion", "response"):
-            for name, default in _RESULT_DEFAULTS.items():
-                rec[f"{p}_{name}"] = r.get(f"{p}_{name}", default)
         out.append(rec)
     return pa.Table.from_pylist(out, schema=_SCHEMA)
 

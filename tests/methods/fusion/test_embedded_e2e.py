@@ -142,7 +142,7 @@ def test_fusion_with_in_process_vllm_teacher(tmp_path, code_alpaca):
         teacher={"kind": "vllm", "model": str(ensure_embedded_model()), "served_model_name": "gemma3-270m-local",
                  "chat_template": str(chat_template_path()), "max_model_len": 2048, "num_cpus": 1,
                  "dtype": "bfloat16",
-                 # eager mode: no graph compilation at each of the two engine starts (fusion, responses)
+                 # eager mode: no graph compilation when the job starts its engine
                  "engine_kwargs": {"enforce_eager": True, "kv_cache_memory_bytes": 512 * 1024**2}},
         seeds=[{"path": str(code_alpaca), "limit": 16}],
         fusion={"num_instructions": 4, "max_attempts": 16, "sampling": {"temperature": 0.7, "max_tokens": 64}},

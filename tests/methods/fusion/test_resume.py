@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from ray_pipeline.teachers.base import ChatRequest, Sampling
 from tests.conftest import REPO, fusion_cli, openai_teacher, write_job
@@ -76,6 +77,7 @@ def _session_alive(sid: int, ignore: tuple[str, ...] = ()) -> list[int]:
     return pids
 
 
+@pytest.mark.ray
 def test_sigkill_then_resume(tmp_path, code_alpaca):
     recorder = BodyRecorder()
     with FaultInjectingOpenAIServer(latency_s=0.3, faults=recorder) as srv:

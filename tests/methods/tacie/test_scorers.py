@@ -32,6 +32,8 @@ PARIS = ("What is the capital of France?", "The capital of France is Paris.")
 CODE = ("Write a Python function that adds two numbers.", "def add(a, b):\n    return a + b")
 
 
+pytestmark = pytest.mark.slow  # loads a small causal LM (the scorer) for most tests
+
 @pytest.fixture(scope="module")
 def stage() -> Iterator[ScorerStage]:
     s = ScorerStage(CFG.model_copy(), seed=11)

@@ -1,6 +1,7 @@
 """TaCIE end to end: ``fusion run`` on the bundled code and math seed samples (those of
-jobs/tacie_quickstart.yaml) with the embedded vLLM teacher and the CPU (Hugging Face)
-scorer, two rounds, then the report.
+jobs/tacie_quickstart.yaml) with Gemma 3 270M served by vLLM as the teacher (the run's shared
+embedded server, ``served_gemma`` in tests/conftest.py) and the CPU (Hugging Face) scorer, two
+rounds, then the report.
 
 The seeds are the quickstart's because the 270M teacher decomposes them often enough
 to evolve something in two rounds (6 of 13 measured); on Code Alpaca and GSM8K rows its
@@ -39,7 +40,7 @@ def _humaneval_prompt() -> str:
         return json.loads(fh.readline())["prompt"]
 
 
-def _job(tmp: Path, rounds: int) -> Path:
+def _job(tmp: Path, rounds: int, teacher: dict) -> Path:
     leak = tmp / "leaky.jsonl"
     leak.write_text(
         json.dumps({"instruction": "Complete this function so that all its doctests pass.", "input": _humaneval_prompt()}) + "\n"
@@ -54,7 +55,7 @@ def _job(tmp: Path, rounds: int) -> Path:
             {"path": str(SEEDS / "quickstart_math.jsonl"), "name": "math"},
             {"path": str(leak), "name": "leaky"},
         ],
-        "teacher": {"kind": "embedded", "max_model_len": 2048},
+        "teacher": teacher,
         # the v1 templates, as in jobs/tacie_quickstart.yaml: Gemma 3 270M parses better with them (docs/fidelity.md);
         # tests/methods/tacie/test_tacie_paper_flow.py runs the paper's templates
         "collection": {"k_min": 5, "k_max": 5, "diversify": 1, "template": "tacie_diversify@v1",
@@ -84,12 +85,12 @@ def _job(tmp: Path, rounds: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, served_gemma):
     require_shared()
     tmp = tmp_path_factory.mktemp("tacie")
     out = {}
     for label, rounds in (("first", 1), ("resumed", 2), ("again", 2)):
-        proc = fusion_cli("run", str(_job(tmp, rounds)), timeout=1500)
+        proc = fusion_cli("run", str(_job(tmp, rounds, served_gemma)), timeout=1500)
         assert proc.returncode == 0, f"{label}: {proc.stderr[-3000:]}"
         run = tmp / "run"
         out[label] = {

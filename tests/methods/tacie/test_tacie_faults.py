@@ -35,6 +35,7 @@ def _job(tmp_path, base_url: str, **teacher) -> dict:
     }
 
 
+@pytest.mark.ray
 def test_a_teacher_answering_garbage_leaves_an_incomplete_run_with_counts(tmp_path, code_alpaca):
     with FaultInjectingOpenAIServer(faults=always("empty")) as srv:
         path = tmp_path / "job.yaml"

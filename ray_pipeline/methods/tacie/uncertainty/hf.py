@@ -6,26 +6,31 @@ does not change its scores). The decoder runs over whole sequences, but the
 vocabulary projection and log-softmax only over the positions that predict a
 response token, ``HEAD_ROWS`` at a time: with Gemma 3's 262k-token vocabulary
 full logits would take 1 MB per position in fp32.
+
+torch and transformers are imported where they are used, not here: importing the
+backend (``registry`` does, to name the backends) stays cheap.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-from transformers import AutoModelForCausalLM
+from typing import TYPE_CHECKING, Any
 
 from ray_pipeline.core.config import ScorerConfig
 from ray_pipeline.core.errors import ConfigError
 from ray_pipeline.methods.tacie.uncertainty.scorer import Encoded, Scorer, one_line
 
+if TYPE_CHECKING:
+    import torch
+
 #: positions projected onto the vocabulary at once
 HEAD_ROWS = 512
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def resolve_device(device: str) -> str:
+    import torch
+
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
@@ -33,15 +38,21 @@ def resolve_device(device: str) -> str:
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     """auto: bf16 on a GPU, fp32 on a CPU."""
+    import torch
+
     if dtype == "auto":
         return torch.float32 if device == "cpu" else torch.bfloat16
-    return _DTYPES[dtype]
+    if dtype not in _DTYPES:
+        raise KeyError(dtype)
+    return getattr(torch, dtype)
 
 
 class HFScorer(Scorer):
     """``AutoModelForCausalLM``, loaded once; ``_score`` runs it under ``torch.inference_mode``."""
 
     def __init__(self, cfg: ScorerConfig):
+        from transformers import AutoModelForCausalLM
+
         super().__init__(cfg)
         self.device = resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, self.device)
@@ -55,6 +66,8 @@ class HFScorer(Scorer):
         self._check_head()
 
     def _score(self, sequences: list[Encoded]) -> list[list[float]]:
+        import torch
+
         out: list[list[float]] = [[] for _ in sequences]
         todo = sorted((i for i, s in enumerate(sequences) if len(s.ids) > s.start), key=lambda i: len(sequences[i].ids))
         size = self.cfg.batch_size
@@ -66,6 +79,8 @@ class HFScorer(Scorer):
         return out
 
     def _batch(self, seqs: list[Encoded]) -> list[list[float]]:
+        import torch
+
         width = max(len(s.ids) for s in seqs)
         ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
@@ -91,17 +106,23 @@ class HFScorer(Scorer):
         return out
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        import torch
+
         logits = self.lm.get_output_embeddings()(hidden).float()
         if self._softcap:
             logits = torch.tanh(logits / self._softcap) * self._softcap
         return logits
 
     def _token_logprobs(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        import torch
+
         logits = self._logits(hidden)
         return logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
 
     def _check_head(self) -> None:
         """Our logits (output embeddings + soft-capping) must be the model's own: else refuse the model."""
+        import torch
+
         ids = torch.tensor([self._prompt_ids("Check the output head.")], device=self.device)
         with torch.inference_mode():
             expected = self.lm(input_ids=ids).logits[0].float()
@@ -113,6 +134,8 @@ class HFScorer(Scorer):
             )
 
     def close(self) -> None:
+        import torch
+
         self.lm = None
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()

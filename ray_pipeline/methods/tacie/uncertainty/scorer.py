@@ -14,8 +14,10 @@ Only response tokens are scored. When prompt + response exceed ``max_length``
 tokens the response is cut (the instruction never is); a prompt that leaves no
 room scores no tokens.
 
-Backends (one short file each): ``hf`` (transformers, batched forward passes)
-and ``vllm`` (``prompt_logprobs`` of an in-process ``vllm.LLM``).
+Backends (one short file each, each a subclass of ``Scorer``): ``hf``
+(transformers, batched forward passes) and ``vllm`` (``prompt_logprobs`` of an
+in-process ``vllm.LLM``); ``registry.build_scorer`` picks one by config. This
+module imports neither.
 """
 
 from __future__ import annotations
@@ -106,13 +108,3 @@ class Scorer(ABC):
             ids = [tok.bos_token_id] + ids
         return ids
 
-
-def build_scorer(cfg: ScorerConfig) -> Scorer:
-    """The scorer backend a config names (its model is loaded once, here)."""
-    if cfg.backend == "hf":
-        from ray_pipeline.methods.tacie.uncertainty.hf import HFScorer
-
-        return HFScorer(cfg)
-    from ray_pipeline.methods.tacie.uncertainty.vllm import VLLMScorer
-
-    return VLLMScorer(cfg)

@@ -20,7 +20,7 @@ import pandas as pd
 
 from ray_pipeline.core.config import ScorerConfig
 from ray_pipeline.core.determinism import derived_seed
-from ray_pipeline.methods.tacie.uncertainty.scorer import build_scorer
+from ray_pipeline.methods.tacie.uncertainty.registry import build_scorer
 from ray_pipeline.teachers.stage import node_id
 from ray_pipeline.methods.tacie.uncertainty.score import perturb, sequence_probability, uncertainty
 

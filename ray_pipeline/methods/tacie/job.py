@@ -1,0 +1,56 @@
+"""The ``tacie`` job as the CLI sees it (``ray_pipeline.jobs``): run, full validation, summary line."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from ray_pipeline.core.errors import EXIT_INCOMPLETE
+
+
+def run(job: Any, address: str | None = None, force: bool = False, shard: Any = None) -> dict[str, Any]:
+    from ray_pipeline.methods.tacie.pipeline import run_tacie
+
+    return run_tacie(job, address=address, force=force)
+
+
+def validate(job: Any) -> dict[str, Any]:
+    """The preflight's findings: seeds, templates, benchmark prompts, scorer model (``fusion validate``)."""
+    from ray_pipeline.methods.tacie.pipeline import preflight
+    from ray_pipeline.prompts import not_from_papers
+
+    checked = preflight(job)
+    return {
+        "job": job.name, "kind": job.kind, "seeds": checked.pool.summary(),
+        "templates": {k: t.ref for k, t in checked.templates.items()},
+        "templates_not_from_papers": not_from_papers(checked.templates),
+        "decontaminate": checked.benchmark_prompts, "scorer_model": checked.scorer_model,
+    }
+
+
+def summary(manifest: dict[str, Any], run_dir: Any) -> int:
+    """Print the run's line (and, when no instruction was left to evolve, why, on stderr); the exit code."""
+    counts, div = manifest["counts"], manifest["diversity"]
+
+    def fmt(u: Any) -> str:
+        return "n/a" if u is None else f"{u:.5f}"
+
+    print(
+        f"{manifest['job']}: {counts['kept']} SFT rows kept of {counts['answered']} answered items "
+        f"({', '.join(f'{k} {v}' for k, v in counts['by_operation'].items())}) after "
+        f"{manifest['rounds_completed']}/{manifest['rounds_requested']} rounds; diversity U seeds {fmt(div['seeds'])}, "
+        f"evolved {fmt(div['evolved'])}; {manifest['tokens']['prompt']}+{manifest['tokens']['completion']} tokens, "
+        f"${manifest['cost_usd']:.4f}, {manifest['wall_time_s']:.1f}s -> {run_dir} "
+        f"(fusion report {run_dir} for the HTML report)"
+    )
+    if not manifest["complete"]:
+        failures = "; ".join(
+            f"{op} " + ", ".join(f"{k} {v}" for k, v in sorted(c.items())) for op, c in counts["attempts"].items()
+        )
+        print(
+            f"fusion: incomplete: no instruction was left to evolve after round {manifest['rounds_completed']} "
+            f"({failures}); see attempts.parquet for the teacher's answers",
+            file=sys.stderr,
+        )
+        return EXIT_INCOMPLETE
+    return 0
