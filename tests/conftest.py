@@ -108,10 +108,10 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def local_ray():
-    """A local Ray for the test (the pipelines attach to it): started once and kept for the rest of the run,
-    started again after a test that shut it down (a two-node cluster, say)."""
+    """A local Ray for the module's tests (the pipelines attach to it): started once and kept for the rest of
+    the run, started again for a module after one that shut it down (a two-node cluster, say)."""
     import ray
 
     if not ray.is_initialized():

@@ -28,7 +28,7 @@ TeacherConfig = Union[OpenAITeacherConfig, VLLMTeacherConfig, EmbeddedTeacherCon
 #: config kind -> "module:Backend class"
 BACKENDS: dict[str, str] = {
     "openai": "ray_pipeline.teachers.openai_compat:OpenAIBackend",
-    "vllm": "ray_pipeline.teachers.vllm_offline:VLLMBackend",
+    "vllm": "ray_pipeline.teachers.vllm_engines:VLLMBackend",
     "embedded": "ray_pipeline.teachers.embedded:EmbeddedBackend",
     "vllm_engines": "ray_pipeline.teachers.vllm_engines:VLLMEnginesBackend",  # a started vllm teacher's stages
 }

