@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ray_pipeline.core.config import ScorerConfig
+from ray_pipeline.methods.tacie.config import ScorerConfig
 from ray_pipeline.methods.tacie.uncertainty.hf import HFScorer
 from ray_pipeline.methods.tacie.uncertainty.score import perturb, sequence_probability, uncertainty
 

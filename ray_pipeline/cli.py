@@ -25,8 +25,8 @@ import sys
 from typing import Any, Sequence
 
 from ray_pipeline import __version__
-from ray_pipeline.core.config import load_job
 from ray_pipeline.core.errors import EXIT_USER_ERROR, FusionError
+from ray_pipeline.jobs import load_job
 
 log = logging.getLogger("ray_pipeline")
 
@@ -170,11 +170,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from ray_pipeline.jobs import full_validation
-    from ray_pipeline.references import validate_job
+    from ray_pipeline.jobs import validate_job
 
     job = load_job(args.job)
-    report = validate_job(job, full_validation)
+    report = validate_job(job)
     for line in report["not_checked_offline"]:
         print(f"not checked offline: {line}", file=sys.stderr)
     print(json.dumps(report, indent=2, default=str))

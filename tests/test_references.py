@@ -7,9 +7,9 @@ import json
 import pytest
 import yaml
 
-from ray_pipeline.core.config import load_job, parse_job
 from ray_pipeline.core.errors import ConfigError
-from ray_pipeline.references import check_references, validate_job
+from ray_pipeline.jobs import JOBS, check_references, load_job, parse_job
+from ray_pipeline.jobs import validate_job as _validate_job
 from tests.conftest import REPO, fusion_cli
 
 QUICKSTART_SEEDS = REPO / "ray_pipeline/data/seeds/quickstart.jsonl"
@@ -27,8 +27,15 @@ def empty_hf_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_CACHE", str(datasets))
     for env in ("HUMANEVAL_OVERRIDE_PATH", "MBPP_OVERRIDE_PATH", "FUSION_MULTIPLE_PATH"):
         monkeypatch.delenv(env, raising=False)
-    monkeypatch.setattr("ray_pipeline.references._evalplus_cached", lambda dataset: False)
+    monkeypatch.setattr("ray_pipeline.evaluation.evalplus_data.evalplus_cached", lambda dataset: False)
     return hub
+
+
+def validate_job(job, full):
+    """``fusion validate`` with the kind's full preflight replaced by ``full``."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(f"{JOBS[job.kind].module}.validate", full)
+        return _validate_job(job)
 
 
 def _if_job(seeds):

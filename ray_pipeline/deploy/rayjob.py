@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from ray_pipeline.core.config import load_job
+from ray_pipeline.jobs import load_job
 from ray_pipeline.core.errors import FusionError
 
 CHART_ENV = "FUSION_RAY_CHART"

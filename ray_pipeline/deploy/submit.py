@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
-from ray_pipeline.core.config import load_job
+from ray_pipeline.jobs import load_job
 from ray_pipeline.core.errors import FusionError
 
 #: the environment variable that carries a job file from outside the project to the cluster

@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping
 import yaml
 
 import ray_pipeline
-from ray_pipeline.core.config import parse_job
+from ray_pipeline.jobs import parse_job
 from ray_pipeline.deploy import manifests
 from ray_pipeline.core.errors import FusionError
 

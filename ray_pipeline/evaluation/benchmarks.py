@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ray_pipeline.core.config import EvalBenchmarkConfig
+from ray_pipeline.evaluation.config import EvalBenchmarkConfig
 from ray_pipeline.core.errors import EvaluationError
 from ray_pipeline.evaluation.executors.base import Executor
 from ray_pipeline.evaluation.problems import Problem

@@ -141,6 +141,24 @@ def load_evalplus(dataset: str, path: str | os.PathLike | None = None, limit: in
 
 
 # ---------------------------------------------------------------- ground truth
+def evalplus_cached(dataset: str) -> bool:
+    """Whether evalplus's own cache holds ``dataset``'s release (``fusion validate``'s offline check)."""
+    try:
+        from evalplus.data.utils import get_dataset_metadata
+
+        if dataset == "humaneval":
+            from evalplus.data.humaneval import HUMANEVAL_PLUS_VERSION as version
+
+            _, path = get_dataset_metadata("HumanEvalPlus", version, False, False)
+        else:
+            from evalplus.data.mbpp import MBPP_PLUS_VERSION as version
+
+            _, path = get_dataset_metadata("MbppPlus", version, False, False)
+        return os.path.isfile(path)
+    except Exception:  # noqa: BLE001 - an evalplus without these helpers: not cached as far as we know
+        return False
+
+
 def cache_path(data: EvalPlusData, task_id: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """Where one task's oracle is cached: ``<cache_dir>/<dataset>-<hash>/<task id>.pkl``."""
     root = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from ray_pipeline.core.config import EvalModelConfig, EvalSamplingConfig
+from ray_pipeline.evaluation.config import EvalModelConfig, EvalSamplingConfig
 from ray_pipeline.core.determinism import derived_seed
 from ray_pipeline.evaluation import postprocess
 from ray_pipeline.evaluation.problems import LANGUAGE_TITLES, Problem

@@ -26,6 +26,43 @@ def validate(job: Any) -> dict[str, Any]:
     }
 
 
+def references(job: Any, refs: Any) -> None:
+    """The inputs from outside the job: each model's backend, each benchmark's data."""
+    import os
+
+    from ray_pipeline.core.references import CACHED, LOCAL, NOT_CHECKED
+    from ray_pipeline.evaluation.evalplus_data import OVERRIDE_ENV, evalplus_cached
+    from ray_pipeline.evaluation.multiple_data import HF_DATASET, PATH_ENV
+
+    for i, model in enumerate(job.models):
+        refs.teacher(f"models[{i}].backend", model.backend)
+    for i, bench in enumerate(job.benchmarks):
+        where = f"benchmarks[{i}]"
+        env = OVERRIDE_ENV.get(bench.name) if bench.name != "multiple" else PATH_ENV
+        if bench.path:
+            refs.add(f"{where}.path", "file", bench.path, LOCAL)
+        elif env and os.environ.get(env):
+            refs.add(where, "file", os.environ[env], LOCAL, f"${env}")
+        elif bench.name == "multiple":
+            refs.hub(where, HF_DATASET, "dataset", True, "MultiPL-E prompts")
+        elif evalplus_cached(bench.name):
+            refs.add(where, "benchmark data", f"evalplus {bench.name}", CACHED, "in evalplus's cache")
+        else:
+            refs.add(where, "benchmark data", f"evalplus {bench.name} release", NOT_CHECKED,
+                     f"downloaded at run time; or set {env}", needed=True)
+
+
+def partial_validation(job: Any, refs: Any) -> dict[str, Any]:
+    """The benchmarks that are here (``fusion validate`` when some input is not)."""
+    from ray_pipeline.evaluation.benchmarks import load_suites
+
+    here = [b for i, b in enumerate(job.benchmarks) if refs.here(f"benchmarks[{i}]", ("path",))]
+    return {
+        "suites": {s.name: {"tasks": len(s.problems)} for s in load_suites(here)} if here else {},
+        "prompt_modes": {m.label: job.prompt_modes(m) for m in job.models},
+    }
+
+
 def summary(manifest: dict[str, Any], run_dir: Any) -> int:
     """Print pass@k per model and benchmark, then the run's line; the exit code."""
     table = manifest["summary"]

@@ -37,7 +37,8 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from ray_pipeline.teachers.cache import load_cache
-from ray_pipeline.core.config import EvalJob, job_to_dict
+from ray_pipeline.core.config import job_to_dict
+from ray_pipeline.evaluation.config import EvalJob
 from ray_pipeline.core.errors import EvaluationError
 from ray_pipeline.evaluation import results
 from ray_pipeline.evaluation.benchmarks import Suite, check_scoring, load_suites, make_executor

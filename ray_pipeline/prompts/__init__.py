@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -127,3 +128,29 @@ def warn_not_from_papers(templates: dict[str, PromptTemplate]) -> None:
             "templates that are not the papers' text: %s (docs/fidelity.md)",
             ", ".join(f"{role}={what}" for role, what in other.items()),
         )
+
+
+def job_templates(job: Any) -> dict[str, PromptTemplate]:
+    """Every prompt template a job names (``*template`` fields holding ``name@version``), loaded, by field path."""
+    found: dict[str, PromptTemplate] = {}
+
+    def walk(data: Any, where: str) -> None:
+        if isinstance(data, dict):
+            for key, value in data.items():
+                here = f"{where}.{key}" if where else key
+                if key.endswith("template") and isinstance(value, str) and "@" in value and "/" not in value:
+                    found[here] = load_template(value)
+                else:
+                    walk(value, here)
+        elif isinstance(data, list):
+            for n, value in enumerate(data):
+                walk(value, f"{where}[{n}]")
+
+    walk(job.model_dump(), "")
+    return found
+
+
+def template_report(job: Any) -> dict[str, Any]:
+    """``fusion validate``'s template lines: each named template's ref, and those that are not the papers' text."""
+    templates = job_templates(job)
+    return {"templates": {k: t.ref for k, t in templates.items()}, "templates_not_from_papers": not_from_papers(templates)}

@@ -35,7 +35,8 @@ from typing import Any, Sequence
 
 import yaml
 
-from ray_pipeline.core.config import SeedSource, SFTDataSource, SFTSelect
+from ray_pipeline.core.config import SeedSource
+from ray_pipeline.training.config import SFTDataSource, SFTSelect
 from ray_pipeline.core.determinism import derived_seed
 from ray_pipeline.core.errors import ConfigError, SeedError
 from ray_pipeline.core.seeds import load_seeds, seed_id

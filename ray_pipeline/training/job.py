@@ -22,6 +22,44 @@ def validate(job: Any) -> dict[str, Any]:
     }
 
 
+def references(job: Any, refs: Any) -> None:
+    """The inputs from outside the job: the base model, and each data source (a run directory, file or dataset)."""
+    from pathlib import Path
+
+    from ray_pipeline.core.references import BUNDLED, LOCAL, NOT_CHECKED
+    from ray_pipeline.training.data import RUN_SFT_FILE
+
+    if job.model.path == "embedded":
+        refs.add("model.path", "model", job.model.path, BUNDLED)
+    else:
+        refs.hub("model.path", job.model.path, "model", needed=True)
+    for i, src in enumerate(job.data.sources):
+        if src.run is not None:
+            here = (Path(src.run).expanduser() / RUN_SFT_FILE).is_file()
+            refs.add(f"data.sources[{i}].run", "run directory", src.run, LOCAL if here else NOT_CHECKED,
+                     "" if here else "made by its data job, which has not run here", needed=True)
+        else:
+            refs.rows(f"data.sources[{i}]", src)
+
+
+def partial_validation(job: Any, refs: Any) -> dict[str, Any]:
+    """The model and the data sources that are here (``fusion validate`` when some input is not)."""
+    from ray_pipeline.core.models import check_causal_lm, resolve_model
+    from ray_pipeline.training.data import load_sft_rows
+
+    out: dict[str, Any] = {}
+    if not refs.missing("model.path"):
+        resolved = resolve_model(job.model.path, job.model.chat_template, "model.path", "model.chat_template")
+        check_causal_lm(resolved.path, "model.path")
+        out["model"] = resolved.path
+    here = [s for i, s in enumerate(job.data.sources) if refs.here(f"data.sources[{i}]", ("run", "hf", "path"))]
+    if here:
+        rows, mix = load_sft_rows(here, job.seed)
+        out["data"] = {"rows": len(rows), "sources": [m.to_dict() for m in mix]}
+    out["gradient_accumulation_steps"] = job.gradient_accumulation_steps
+    return out
+
+
 def summary(manifest: dict[str, Any], run_dir: Any) -> int:
     """Print the run's line; the exit code."""
     t, d = manifest["training"], manifest["data"]

@@ -30,7 +30,8 @@ from typing import Any, Callable
 import pyarrow as pa
 import yaml
 
-from ray_pipeline.core.config import SFTJob, job_to_dict
+from ray_pipeline.core.config import job_to_dict
+from ray_pipeline.training.config import SFTJob
 from ray_pipeline.core.errors import ConfigError
 from ray_pipeline.core.models import check_causal_lm, one_line, resolve_model
 from ray_pipeline.core.outputs import RunDir, config_hash, manifest_header

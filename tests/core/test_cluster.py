@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from ray_pipeline.core.config import load_job
+from ray_pipeline.jobs import load_job
 from ray_pipeline.methods.fusion.pipeline import run_instruction_fusion
 from tests.conftest import openai_teacher, write_job
 from tests.fault_server import FaultInjectingOpenAIServer

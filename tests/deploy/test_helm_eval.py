@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from ray_pipeline import cli
-from ray_pipeline.core.config import EvalJob, load_job, parse_job
+from ray_pipeline.evaluation.config import EvalJob
+from ray_pipeline.jobs import load_job, parse_job
 from ray_pipeline.deploy import manifests, sweep
 from ray_pipeline.core.errors import FusionError
 from tests import k8s_helpers
@@ -356,7 +357,7 @@ def test_every_sandbox_setting_of_a_job_can_be_set_in_a_sweep() -> None:
     """The chart's sandbox schema names each job sandbox field but isolation, and each reaches the item's job."""
     import json
 
-    from ray_pipeline.core.config import SandboxConfig
+    from ray_pipeline.evaluation.config import SandboxConfig
 
     schema = json.loads((CHART / "values.schema.json").read_text())
     names = set(schema["properties"]["sweep"]["properties"]["sandbox"]["properties"])

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import pytest
 import yaml
 
-from ray_pipeline.core.config import parse_job
+from ray_pipeline.jobs import parse_job
 from ray_pipeline.deploy import manifests, rayjob
 from ray_pipeline.core.errors import FusionError
 from tests.k8s_helpers import CRD_DIR, ROOT, check_ids, run_checkov

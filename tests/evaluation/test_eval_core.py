@@ -9,7 +9,9 @@ import random
 
 import pytest
 
-from ray_pipeline.core.config import EvalJob, VLLMTeacherConfig, job_to_dict, load_job, parse_job
+from ray_pipeline.core.config import VLLMTeacherConfig, job_to_dict
+from ray_pipeline.evaluation.config import EvalJob
+from ray_pipeline.jobs import load_job, parse_job
 from ray_pipeline.core.errors import ConfigError
 from ray_pipeline.evaluation import postprocess, results
 from ray_pipeline.evaluation.generation import request_rows

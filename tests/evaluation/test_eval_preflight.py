@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ray_pipeline.core.config import load_job
+from ray_pipeline.jobs import load_job
 from ray_pipeline.core.errors import EvaluationError
 from ray_pipeline.evaluation import evalplus_oracle
 from ray_pipeline.evaluation.evalplus_data import load_evalplus

@@ -26,7 +26,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ray_pipeline.core.config import job_to_dict, load_job, parse_job
+from ray_pipeline.core.config import job_to_dict
+from ray_pipeline.jobs import load_job, parse_job
 from ray_pipeline.core.errors import FusionError
 from ray_pipeline.evaluation import results
 from ray_pipeline.evaluation import sandbox as sandbox_module

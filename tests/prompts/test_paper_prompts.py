@@ -92,7 +92,9 @@ def test_a_changed_word_fails_the_golden_comparison():
 
 
 def test_default_templates_are_the_papers():
-    from ray_pipeline.core.config import CollectionConfig, DecompositionConfig, EvolutionConfig, FusionConfig, ResponseConfig
+    from ray_pipeline.core.config import ResponseConfig
+    from ray_pipeline.methods.fusion.config import FusionConfig
+    from ray_pipeline.methods.tacie.config import CollectionConfig, DecompositionConfig, EvolutionConfig
 
     assert FusionConfig(num_instructions=1).template == "if_fusion@v2"
     assert ResponseConfig().template == "if_response@v2"

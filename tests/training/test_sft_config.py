@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ray_pipeline.core.config import SFTDataSource, parse_job
+from ray_pipeline.jobs import parse_job
+from ray_pipeline.training.config import SFTDataSource
 from ray_pipeline.core.errors import ConfigError
 from tests.conftest import REPO, fusion_cli
 from tests.sft_helpers import save_tiny_model, seed_rows
@@ -156,7 +157,7 @@ def test_bad_input_stops_before_any_worker_with_one_line(tmp_path, tiny):
 
 
 def test_every_shipped_job_file_is_valid():
-    from ray_pipeline.core.config import load_job
+    from ray_pipeline.jobs import load_job
 
     files = sorted((REPO / "jobs").glob("*.yaml"))
     kinds = {load_job(f).kind for f in files}

@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from ray_pipeline.core.config import SFTDataSource, parse_job
+from ray_pipeline.jobs import parse_job
+from ray_pipeline.training.config import SFTDataSource
 from ray_pipeline.core.errors import ConfigError
 from ray_pipeline.training.data import load_sft_rows
 
@@ -137,7 +138,7 @@ def test_an_instruction_fusion_run_is_one_round_of_fusions(tmp_path):
 
 def test_the_paper_ablation_jobs_select_what_their_names_say(tmp_path):
     """jobs/sft_tacie_paper_{id,cd,seed}.yaml on the hand-made run: the paper's -id, -cd and seed sets."""
-    from ray_pipeline.core.config import load_job
+    from ray_pipeline.jobs import load_job
     from tests.conftest import REPO
 
     run = tacie_run(tmp_path)

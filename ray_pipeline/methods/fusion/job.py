@@ -30,6 +30,26 @@ def validate(job: Any) -> dict[str, Any]:
     }
 
 
+def references(job: Any, refs: Any) -> None:
+    """The inputs from outside the job: seed sources, the teacher, the embedding model of the diversity report."""
+    from ray_pipeline.analysis.embeddings import BUNDLED_ALIASES
+
+    for i, src in enumerate(job.seeds):
+        refs.rows(f"seeds[{i}]", src)
+    refs.teacher("teacher", job.teacher)
+    if job.diversity:
+        refs.model("embedding.model", job.embedding.model, job.embedding.model in BUNDLED_ALIASES, "embedding model")
+
+
+def partial_validation(job: Any, refs: Any) -> dict[str, Any]:
+    """The seed sources that are here (``fusion validate`` when some input is not)."""
+    from ray_pipeline.core.references import seeds_here
+    from ray_pipeline.core.seeds import load_seeds
+
+    here = seeds_here(job, refs)
+    return {"seeds": load_seeds(here, job.seed).summary() if here else None}
+
+
 def summary(manifest: dict[str, Any], run_dir: Any) -> int:
     """Print the run's line (and why it stopped short, on stderr); the exit code."""
     counts = manifest["counts"]

@@ -33,7 +33,8 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from ray_pipeline.teachers.cache import load_cache
-from ray_pipeline.core.config import EmbeddingConfig, InstructionFusionJob, job_to_dict
+from ray_pipeline.core.config import EmbeddingConfig, job_to_dict
+from ray_pipeline.methods.fusion.config import InstructionFusionJob
 from ray_pipeline.analysis.diversity import diversity_u
 from ray_pipeline.analysis.embeddings import embed_texts
 from ray_pipeline.core.errors import SeedError

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ray_pipeline.analysis.clustering import pick_per_source
-from ray_pipeline.core.config import TaCIEJob
+from ray_pipeline.methods.tacie.config import TaCIEJob
 from ray_pipeline.core.seeds import SeedPool
 from ray_pipeline.methods.tacie.items import TaCIEItem
 

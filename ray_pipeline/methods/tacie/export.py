@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ray_pipeline.core.config import TaCIEJob
+from ray_pipeline.methods.tacie.config import TaCIEJob
 from ray_pipeline.core.outputs import RunDir, manifest_header
 from ray_pipeline.core.seeds import SeedPool
 from ray_pipeline.methods.tacie.attempts import Attempt, attempts_table

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ray_pipeline.core.config import BenchmarkSource
+from ray_pipeline.methods.tacie.config import BenchmarkSource
 from ray_pipeline.analysis.diversity import CHUNK_ELEMENTS, nearest, unit_rows
 from ray_pipeline.core.errors import ConfigError
 

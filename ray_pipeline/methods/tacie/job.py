@@ -28,6 +28,47 @@ def validate(job: Any) -> dict[str, Any]:
     }
 
 
+def references(job: Any, refs: Any) -> None:
+    """The inputs from outside the job: seeds, teacher, embedding and scorer models, decontamination benchmarks."""
+    import os
+
+    from ray_pipeline.analysis.embeddings import BUNDLED_ALIASES
+    from ray_pipeline.core.references import LOCAL
+    from ray_pipeline.methods.tacie.filters import NAMED_BENCHMARKS
+
+    for i, src in enumerate(job.seeds):
+        refs.rows(f"seeds[{i}]", src)
+    refs.teacher("teacher", job.teacher)
+    refs.model("embedding.model", job.embedding.model, job.embedding.model in BUNDLED_ALIASES, "embedding model")
+    refs.model("scorer.model", job.scorer.model or "embedded", job.scorer.model in (None, "embedded"),
+               note=f"{job.scorer.backend} backend")
+    for i, bench in enumerate(job.filters.decontaminate):
+        where = f"filters.decontaminate[{i}]"
+        env, hub, hub_config = NAMED_BENCHMARKS.get(bench.name, (None, None, None))
+        if bench.path:
+            refs.add(f"{where}.path", "file", bench.path, LOCAL)
+        elif bench.hf:
+            refs.hub(f"{where}.hf", bench.hf, "dataset", True, f"split {bench.split}")
+        elif env and os.environ.get(env):
+            refs.add(where, "file", os.environ[env], LOCAL, f"${env}")
+        elif hub:
+            refs.hub(where, hub, "dataset", True, f"{bench.name} prompts" + (f", config {hub_config}" if hub_config else ""))
+
+
+def partial_validation(job: Any, refs: Any) -> dict[str, Any]:
+    """The seed sources and benchmark prompts that are here (``fusion validate`` when some input is not)."""
+    from ray_pipeline.core.references import seeds_here
+    from ray_pipeline.core.seeds import load_seeds
+    from ray_pipeline.methods.tacie.filters import load_benchmark_prompts
+
+    here = seeds_here(job, refs)
+    return {
+        "seeds": load_seeds(here, job.seed).summary() if here else None,
+        "decontaminate": {b.name: len(load_benchmark_prompts(b)) for i, b in enumerate(job.filters.decontaminate)
+                          if refs.here(f"filters.decontaminate[{i}]", ("hf",))},
+    }
+
+
 def summary(manifest: dict[str, Any], run_dir: Any) -> int:
     """Print the run's line (and, when no instruction was left to evolve, why, on stderr); the exit code."""
     counts, div = manifest["counts"], manifest["diversity"]

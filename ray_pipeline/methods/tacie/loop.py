@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from ray_pipeline.analysis.embeddings import embed_texts
-from ray_pipeline.core.config import TaCIEJob, job_to_dict
+from ray_pipeline.core.config import job_to_dict
+from ray_pipeline.methods.tacie.config import TaCIEJob
 from ray_pipeline.core.executor import connect
 from ray_pipeline.core.outputs import RunDir, config_hash
 from ray_pipeline.core.seeds import seed_prompt

@@ -32,7 +32,7 @@ import numpy as np
 
 from ray_pipeline.analysis.diversity import most_dissimilar
 from ray_pipeline.analysis.embeddings import embed_texts
-from ray_pipeline.core.config import TaCIEJob
+from ray_pipeline.methods.tacie.config import TaCIEJob
 from ray_pipeline.core.determinism import derived_seed
 from ray_pipeline.core.executor import run_stage
 from ray_pipeline.methods.tacie.attempts import Attempt

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ray_pipeline.core.config import TaCIEJob
+from ray_pipeline.methods.tacie.config import TaCIEJob
 from ray_pipeline.core.errors import SeedError
 from ray_pipeline.core.seeds import SeedPool, load_seeds
 from ray_pipeline.methods.tacie.filters import Decontaminator, load_benchmark_prompts

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import numpy as np
 import pytest
 
-from ray_pipeline.core.config import load_job
+from ray_pipeline.jobs import load_job
 from ray_pipeline.methods.fusion.pipeline import run_instruction_fusion
 from ray_pipeline.prompts import load_template
 from ray_pipeline.core.seeds import load_seeds

@@ -9,7 +9,7 @@ import pytest
 
 from ray_pipeline.analysis import diversity
 from ray_pipeline.methods.tacie import filters
-from ray_pipeline.core.config import BenchmarkSource, FilterConfig
+from ray_pipeline.methods.tacie.config import BenchmarkSource, FilterConfig
 from ray_pipeline.core.errors import ConfigError
 from ray_pipeline.methods.tacie.filters import Decontaminator, load_benchmark_prompts, near_duplicates, normalise_words
 from tests.conftest import SHARED

@@ -13,7 +13,7 @@ from typing import Iterator
 import pandas as pd
 import pytest
 
-from ray_pipeline.core.config import ScorerConfig
+from ray_pipeline.methods.tacie.config import ScorerConfig
 from ray_pipeline.core.errors import ConfigError
 from ray_pipeline.methods.tacie.uncertainty.score import sequence_probability
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ray_pipeline.core.config import TaCIEJob, load_job, parse_job
+from ray_pipeline.jobs import load_job, parse_job
+from ray_pipeline.methods.tacie.config import TaCIEJob
 from ray_pipeline.core.errors import ConfigError
 from ray_pipeline.core.outputs import config_hash
 from tests.conftest import CODE_ALPACA, REPO, fusion_cli, openai_teacher

@@ -13,7 +13,7 @@ import json
 import pytest
 import yaml
 
-from ray_pipeline.core.config import load_job
+from ray_pipeline.jobs import load_job
 from ray_pipeline.core.errors import TeacherError
 from ray_pipeline.methods.tacie.pipeline import run_tacie
 from ray_pipeline.teachers.calls import DEAD_TEACHER_STREAK

@@ -22,7 +22,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from ray_pipeline.core.config import EmbeddingConfig, parse_job
+from ray_pipeline.core.config import EmbeddingConfig
+from ray_pipeline.jobs import parse_job
 from ray_pipeline.analysis.diversity import most_dissimilar
 from ray_pipeline.analysis.embeddings import embed_texts
 from ray_pipeline.methods.tacie.pipeline import run_tacie

@@ -7,7 +7,7 @@ inside its methods, when a scorer is built.
 
 from __future__ import annotations
 
-from ray_pipeline.core.config import ScorerConfig
+from ray_pipeline.methods.tacie.config import ScorerConfig
 from ray_pipeline.methods.tacie.uncertainty.hf import HFScorer
 from ray_pipeline.methods.tacie.uncertainty.scorer import Scorer
 from ray_pipeline.methods.tacie.uncertainty.vllm import VLLMScorer

@@ -25,7 +25,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, NamedTuple, Sequence
 
-from ray_pipeline.core.config import ScorerConfig
+from ray_pipeline.methods.tacie.config import ScorerConfig
 from ray_pipeline.core.errors import ConfigError
 from ray_pipeline.core.models import ResolvedModel, one_line
 from ray_pipeline.core.models import check_causal_lm as _check_causal_lm

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ray_pipeline.core.config import ScorerConfig
+from ray_pipeline.methods.tacie.config import ScorerConfig
 from ray_pipeline.core.determinism import derived_seed
 from ray_pipeline.methods.tacie.uncertainty.registry import build_scorer
 from ray_pipeline.teachers.stage import node_id

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ray_pipeline.core.config import ScorerConfig
+from ray_pipeline.methods.tacie.config import ScorerConfig
 from ray_pipeline.core.errors import ConfigError
 from ray_pipeline.methods.tacie.uncertainty.scorer import Encoded, Scorer, one_line
 

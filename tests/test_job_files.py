@@ -1,7 +1,8 @@
 import pytest
 import yaml
 
-from ray_pipeline.core.config import EmbeddedTeacherConfig, load_job, parse_job
+from ray_pipeline.core.config import EmbeddedTeacherConfig
+from ray_pipeline.jobs import load_job, parse_job
 from ray_pipeline.core.errors import ConfigError
 
 BASE = {
