@@ -25,8 +25,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from ray_pipeline.jobs import load_job
 from ray_pipeline.core.errors import FusionError
+from ray_pipeline.jobs import load_job
 
 CHART_ENV = "FUSION_RAY_CHART"
 CHART_NAME = "fusion-ray"

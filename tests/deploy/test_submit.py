@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from ray_pipeline.deploy import manifests, rayjob
-from ray_pipeline.deploy.submit import describe_status, follow_rayjob
+from ray_pipeline.deploy.k8s_submit import describe_status, follow_rayjob
 from tests.conftest import REPO, read_jsonl
 from tests.fake_kube_api import FakeKubeAPI
 from tests.fault_server import FaultInjectingOpenAIServer
@@ -371,9 +371,9 @@ def _role_rules() -> dict[tuple[str, str], set[str]]:
 
 @pytest.fixture
 def fake_kube(monkeypatch, tmp_path):
-    from ray_pipeline.deploy import submit
+    from ray_pipeline.deploy import k8s_submit
 
-    monkeypatch.setattr(submit, "POLL_S", 0.01)
+    monkeypatch.setattr(k8s_submit, "POLL_S", 0.01)
 
     def start(**kwargs):
         api = FakeKubeAPI(**kwargs).__enter__()
