@@ -38,3 +38,21 @@ class EvaluationError(FusionError):
 #: exit codes of ``fusion``: a ``FusionError``; a run that stopped before its target and kept what it made
 EXIT_USER_ERROR = 2
 EXIT_INCOMPLETE = 3
+
+
+# ------------------------------------------------ one line of an error, for a one-line message
+def first_line(err: BaseException) -> str:
+    """The first line of an error's text (its type's name when it has none)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def joined_lines(err: BaseException) -> str:
+    """Every line of an error's text on one line, joined by "; " (list bullets dropped)."""
+    return "; ".join(line.strip(" -") for line in str(err).splitlines() if line.strip())
+
+
+def typed_line(err: BaseException, limit: int = 300) -> str:
+    """``Type: text`` with all whitespace collapsed, at most ``limit`` characters."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return f"{type(err).__name__}: {text}"[:limit]

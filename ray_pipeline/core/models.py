@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ray_pipeline.core.errors import ConfigError
+from ray_pipeline.core.errors import ConfigError, typed_line
 
 EMBEDDED = "embedded"
 
@@ -20,11 +20,6 @@ EMBEDDED = "embedded"
 class ResolvedModel:
     path: str
     chat_template: str | None  # template text to use; None: the tokenizer's own
-
-
-def one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return f"{type(err).__name__}: {text}"[:300]
 
 
 def resolve_model(model: str | None, chat_template: str | None, model_field: str, template_field: str) -> ResolvedModel:
@@ -60,7 +55,7 @@ def check_causal_lm(path: str, field: str) -> None:
     try:
         config = AutoConfig.from_pretrained(path)
     except Exception as err:  # noqa: BLE001 - OSError, ValueError, JSON errors: one line
-        raise ConfigError(f"{field}: cannot load {path}: {one_line(err)}") from None
+        raise ConfigError(f"{field}: cannot load {path}: {typed_line(err)}") from None
     causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
     architectures = getattr(config, "architectures", None) or []
     if not (set(architectures) & causal if architectures else config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):

@@ -51,7 +51,7 @@ import pyarrow.parquet as pq
 
 from ray_pipeline.core.config import SeedSource
 from ray_pipeline.core.determinism import derived_seed
-from ray_pipeline.core.errors import SeedError
+from ray_pipeline.core.errors import SeedError, first_line
 from ray_pipeline.core.languages import canonical_language, detect_domain, detect_language
 
 log = logging.getLogger("ray_pipeline.core.seeds")
@@ -553,7 +553,7 @@ def _parquet_rows(path: Path, name: str) -> Iterator[_Row]:
     try:
         table = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as err:
-        raise SeedError(f"{path}: cannot read Parquet file: {_first_line(err)}") from None
+        raise SeedError(f"{path}: cannot read Parquet file: {first_line(err)}") from None
     number = 0
     for batch in table.iter_batches(batch_size=1024):
         for item in batch.to_pylist():
@@ -572,7 +572,7 @@ def _dataset_rows(ref: str, config: str | None, split: str) -> Iterator[_Row]:
         else:
             dataset = datasets.load_dataset(ref, config, split=split)
     except Exception as err:  # datasets raises many unrelated types; all mean "cannot load"
-        raise SeedError(f"{ref}: cannot load Hugging Face dataset: {_first_line(err)}") from None
+        raise SeedError(f"{ref}: cannot load Hugging Face dataset: {first_line(err)}") from None
     if isinstance(dataset, datasets.DatasetDict):
         if split not in dataset:
             raise SeedError(f"{ref}: no split '{split}' (have: {', '.join(dataset)})")
@@ -592,13 +592,8 @@ def _download(url: str) -> Iterator[Path]:
             with urllib.request.urlopen(url, timeout=60) as response, local.open("wb") as fh:
                 shutil.copyfileobj(response, fh)
         except (OSError, ValueError) as err:
-            raise SeedError(f"{url}: download failed: {_first_line(err)}") from None
+            raise SeedError(f"{url}: download failed: {first_line(err)}") from None
         yield local
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def seed_prompt(seed: dict[str, str]) -> str:

@@ -33,7 +33,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from ray_pipeline.core.errors import FusionError
+from ray_pipeline.core.errors import FusionError, first_line
 from ray_pipeline.core.outputs import RunDir, config_hash
 
 #: written last: its presence means the copy is complete
@@ -105,13 +105,8 @@ def resolve(uri: str | os.PathLike[str]) -> Location:
     try:
         fs, path = pafs.FileSystem.from_uri(text)
     except Exception as err:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ... for a bad or unreachable URI
-        raise FusionError(f"{text}: cannot open: {_first_line(err)}") from None
+        raise FusionError(f"{text}: cannot open: {first_line(err)}") from None
     return Location(fs, path, text)
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
 
 
 # ------------------------------------------------------------------ reading and writing
@@ -121,7 +116,7 @@ def exists(loc: Location) -> bool:
     try:
         return loc.fs.get_file_info(loc.path).type != pafs.FileType.NotFound
     except OSError as err:
-        raise FusionError(f"{loc.uri}: cannot read: {_first_line(err)}") from None
+        raise FusionError(f"{loc.uri}: cannot read: {first_line(err)}") from None
 
 
 def read_bytes(loc: Location) -> bytes:
@@ -129,7 +124,7 @@ def read_bytes(loc: Location) -> bytes:
         with loc.fs.open_input_stream(loc.path) as fh:
             return fh.read()
     except (OSError, FileNotFoundError) as err:
-        raise FusionError(f"{loc.uri}: cannot read: {_first_line(err)}") from None
+        raise FusionError(f"{loc.uri}: cannot read: {first_line(err)}") from None
 
 
 def read_text(loc: Location) -> str:
@@ -140,7 +135,7 @@ def read_json(loc: Location) -> Any:
     try:
         return json.loads(read_text(loc))
     except (ValueError, UnicodeDecodeError) as err:
-        raise FusionError(f"{loc.uri}: not valid JSON ({_first_line(err)})") from None
+        raise FusionError(f"{loc.uri}: not valid JSON ({first_line(err)})") from None
 
 
 def read_jsonl(loc: Location) -> list[dict[str, Any]]:
@@ -150,7 +145,7 @@ def read_jsonl(loc: Location) -> list[dict[str, Any]]:
             try:
                 rows.append(json.loads(line))
             except ValueError as err:
-                raise FusionError(f"{loc.uri}: line {number} is not JSON ({_first_line(err)})") from None
+                raise FusionError(f"{loc.uri}: line {number} is not JSON ({first_line(err)})") from None
     return rows
 
 
@@ -168,7 +163,7 @@ def write_bytes(loc: Location, data: bytes) -> None:
             with loc.fs.open_output_stream(loc.path) as fh:
                 fh.write(data)
     except OSError as err:
-        raise FusionError(f"{loc.uri}: cannot write: {_first_line(err)}") from None
+        raise FusionError(f"{loc.uri}: cannot write: {first_line(err)}") from None
 
 
 def write_text(loc: Location, text: str) -> None:
@@ -181,7 +176,7 @@ def delete(loc: Location) -> None:
     except FileNotFoundError:
         pass
     except OSError as err:
-        raise FusionError(f"{loc.uri}: cannot delete: {_first_line(err)}") from None
+        raise FusionError(f"{loc.uri}: cannot delete: {first_line(err)}") from None
 
 
 def list_files(loc: Location) -> list[Location]:
@@ -191,7 +186,7 @@ def list_files(loc: Location) -> list[Location]:
     try:
         infos = loc.fs.get_file_info(pafs.FileSelector(loc.path, recursive=True, allow_not_found=True))
     except OSError as err:
-        raise FusionError(f"{loc.uri}: cannot list: {_first_line(err)}") from None
+        raise FusionError(f"{loc.uri}: cannot list: {first_line(err)}") from None
     base = loc.path.rstrip("/")
     files = [loc.child(info.path[len(base):]) for info in infos
              if info.type == pafs.FileType.File and info.path.startswith(base + "/")]
@@ -221,7 +216,7 @@ def run_identity(run_dir: Path) -> dict[str, Any]:
     try:
         config = yaml.safe_load(job_file.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as err:
-        raise FusionError(f"{job_file}: unreadable ({_first_line(err)})") from None
+        raise FusionError(f"{job_file}: unreadable ({first_line(err)})") from None
     if not isinstance(config, dict):
         raise FusionError(f"{job_file}: not a job config")
     return {"job": config.get("name"), "kind": config.get("kind"), "config_hash": config_hash(config),

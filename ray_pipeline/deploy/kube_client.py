@@ -7,8 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ray_pipeline.core.errors import FusionError
-from ray_pipeline.deploy.remote_job import first_line
+from ray_pipeline.core.errors import FusionError, first_line
 
 
 class KubeApi:

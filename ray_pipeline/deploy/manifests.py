@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from ray_pipeline.core.errors import FusionError
+from ray_pipeline.core.errors import FusionError, joined_lines
 
 DEFAULT_KUBE_VERSION = "1.31"
 _NOTES = "NOTES.txt"
@@ -42,11 +42,7 @@ def _load(chart_dir: str | Path) -> Any:
     try:
         return helm.Chart.load(str(path))
     except helm.HelmError as err:
-        raise FusionError(f"{path}: cannot load the chart: {_one_line(err)}") from err
-
-
-def _one_line(err: Exception) -> str:
-    return "; ".join(line.strip(" -") for line in str(err).splitlines() if line.strip())
+        raise FusionError(f"{path}: cannot load the chart: {joined_lines(err)}") from err
 
 
 def render_templates(chart_dir: str | Path, values: Mapping[str, Any] | None = None, release: str = "fusion",
@@ -58,9 +54,9 @@ def render_templates(chart_dir: str | Path, values: Mapping[str, Any] | None = N
         helm.validate_release_name(release)
         return chart.render(dict(values or {}), name=release, namespace=namespace, is_install=True)
     except helm.HelmValuesError as err:
-        raise FusionError(f"{Path(chart_dir).name}: bad values: {_one_line(err)}") from err
+        raise FusionError(f"{Path(chart_dir).name}: bad values: {joined_lines(err)}") from err
     except helm.HelmError as err:
-        raise FusionError(f"{Path(chart_dir).name}: cannot render: {_one_line(err)}") from err
+        raise FusionError(f"{Path(chart_dir).name}: cannot render: {joined_lines(err)}") from err
 
 
 def render_chart(chart_dir: str | Path, values: Mapping[str, Any] | None = None, release: str = "fusion",
@@ -73,7 +69,7 @@ def render_chart(chart_dir: str | Path, values: Mapping[str, Any] | None = None,
         try:
             docs = list(yaml.safe_load_all(text))
         except yaml.YAMLError as err:
-            raise FusionError(f"{path}: the rendered template is not YAML: {_one_line(err)}") from err
+            raise FusionError(f"{path}: the rendered template is not YAML: {joined_lines(err)}") from err
         for doc in docs:
             if doc is None:
                 continue

@@ -20,8 +20,8 @@ from typing import Any, Iterable
 
 import yaml
 
-from ray_pipeline.core.errors import FusionError
-from ray_pipeline.deploy.remote_job import JOB_SUCCEEDED, first_line, relative_paths
+from ray_pipeline.core.errors import FusionError, first_line
+from ray_pipeline.deploy.remote_job import JOB_SUCCEEDED, relative_paths
 from ray_pipeline.jobs import load_job
 
 #: the environment variable that carries a job file from outside the project to the cluster

@@ -38,8 +38,3 @@ def _relative_existing(value: str, base: Path) -> bool:
         return (base / value).exists()
     except OSError:
         return False
-
-
-def first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -31,7 +31,7 @@ import yaml
 import ray_pipeline
 from ray_pipeline.jobs import parse_job
 from ray_pipeline.deploy import manifests
-from ray_pipeline.core.errors import FusionError
+from ray_pipeline.core.errors import FusionError, joined_lines
 
 CHART_NAME = "fusion-eval"
 #: where the chart lives: next to the package in a checkout (and in the job image, which copies helm/)
@@ -79,10 +79,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _one_line(err: Exception) -> str:
-    return "; ".join(line.strip(" -") for line in str(err).splitlines() if line.strip())
-
-
 # --- inputs -----------------------------------------------------------------------------------------------------
 
 def load_values(path: str | Path) -> dict[str, Any]:
@@ -111,7 +107,7 @@ def check_values(chart: Path, values: Mapping[str, Any], source: str | Path = "v
         with helm.Chart.load(str(chart)) as loaded:
             merged = loaded.merge_values(dict(values))
     except helm.HelmError as err:
-        raise FusionError(f"{source}: cannot merge over the chart's defaults: {_one_line(err)}") from None
+        raise FusionError(f"{source}: cannot merge over the chart's defaults: {joined_lines(err)}") from None
     errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(merged), key=lambda e: list(map(str, e.path)))
     if errors:
         raise FusionError(f"{source}: " + "; ".join(_schema_message(e) for e in errors[:5])
@@ -196,7 +192,7 @@ def install(chart: Path, values: Mapping[str, Any], release: str, namespace: str
     try:
         helm.validate_release_name(release)
     except helm.HelmError as err:
-        raise FusionError(f"release name {release!r}: {_one_line(err)}") from None
+        raise FusionError(f"release name {release!r}: {joined_lines(err)}") from None
     with helm.Config(namespace=namespace, kubeconfig_path=_kubeconfig_path()) as cfg:
         _bounded(cfg.check_reachable, REACH_TIMEOUT_S, "the Kubernetes cluster")
         try:
@@ -205,7 +201,7 @@ def install(chart: Path, values: Mapping[str, Any], release: str, namespace: str
         except helm.HelmNotFoundError:
             exists = False
         except helm.HelmError as err:
-            raise FusionError(f"release {release}: {_one_line(err)}") from None
+            raise FusionError(f"release {release}: {joined_lines(err)}") from None
         action = cfg.upgrade if exists else cfg.install
         try:
             return dict(action(str(chart), release, dict(values), namespace=namespace, timeout=INSTALL_TIMEOUT_S,
@@ -214,7 +210,7 @@ def install(chart: Path, values: Mapping[str, Any], release: str, namespace: str
             verb = "upgrade" if exists else "install"
             hint = " (Jobs are immutable: helm uninstall the release first)" if exists and "immutable" in str(err) \
                 else ""
-            raise FusionError(f"helm {verb} {release}: {_one_line(err)}{hint}") from None
+            raise FusionError(f"helm {verb} {release}: {joined_lines(err)}{hint}") from None
 
 
 def _kubeconfig_path() -> str | None:
@@ -244,7 +240,7 @@ def _bounded(call: Callable[[], Any], timeout_s: float, what: str) -> None:
         raise FusionError(f"cannot reach {what} within {timeout_s:.0f} s (check KUBECONFIG and the current context)")
     err = outcome.get("error")
     if isinstance(err, helm.HelmError):
-        raise FusionError(f"cannot reach {what}: {_one_line(err)} (check KUBECONFIG and the current "
+        raise FusionError(f"cannot reach {what}: {joined_lines(err)} (check KUBECONFIG and the current "
                           "context)") from None
     if err is not None:
         raise err

@@ -27,18 +27,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ray_pipeline.core.config import VLLMTeacherConfig
-from ray_pipeline.core.errors import TeacherError
+from ray_pipeline.core.errors import TeacherError, typed_line
 from ray_pipeline.teachers.base import ChatRequest, ChatResult, ResultCallback, Teacher
 
 #: KV cache given to a CPU engine when engine_kwargs does not size it (GiB)
 CPU_KV_CACHE_GIB = 2.0
 #: rows per batch when the job sets none: a large batch for an engine
 BATCH_SIZE = 64
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return f"{type(err).__name__}: {text}"[:500]
 
 
 def model_name(config: VLLMTeacherConfig) -> str:
@@ -80,7 +75,7 @@ class VLLMOfflineTeacher(Teacher):
         try:
             self.llm = vllm.LLM(**kwargs)
         except Exception as err:  # noqa: BLE001 - one line for the user
-            raise TeacherError(f"vllm teacher: cannot start the engine for {config.model}: {_one_line(err)}") from err
+            raise TeacherError(f"vllm teacher: cannot start the engine for {config.model}: {typed_line(err, 500)}") from err
 
     # -- engine
     def _engine_kwargs(self) -> dict[str, Any]:
@@ -153,11 +148,11 @@ class VLLMOfflineTeacher(Teacher):
             results = self._run(requests)
         except self._request_errors as err:  # a request was rejected: isolate the offending ones
             if len(requests) == 1:
-                results = [ChatResult(text=None, error=f"vllm_error: {_one_line(err)}")]
+                results = [ChatResult(text=None, error=f"vllm_error: {typed_line(err, 500)}")]
             else:
                 results = [self._run_alone(request) for request in requests]
         except Exception as err:  # noqa: BLE001 - engine failure: every row records it
-            error = f"vllm_error: {_one_line(err)}"
+            error = f"vllm_error: {typed_line(err, 500)}"
             results = [ChatResult(text=None, error=error) for _ in requests]
         if on_result is not None:
             for i, result in enumerate(results):
@@ -168,7 +163,7 @@ class VLLMOfflineTeacher(Teacher):
         try:
             return self._run([request])[0]
         except Exception as err:  # noqa: BLE001
-            return ChatResult(text=None, error=f"vllm_error: {_one_line(err)}")
+            return ChatResult(text=None, error=f"vllm_error: {typed_line(err, 500)}")
 
     def _run(self, requests: list[ChatRequest]) -> list[ChatResult]:
         """Chat requests through one ``LLM.chat``, completion requests through one ``LLM.generate``."""

@@ -32,8 +32,8 @@ import yaml
 
 from ray_pipeline.core.config import job_to_dict
 from ray_pipeline.training.config import SFTJob
-from ray_pipeline.core.errors import ConfigError
-from ray_pipeline.core.models import check_causal_lm, one_line, resolve_model
+from ray_pipeline.core.errors import ConfigError, typed_line
+from ray_pipeline.core.models import check_causal_lm, resolve_model
 from ray_pipeline.core.outputs import RunDir, config_hash, manifest_header
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def load_tokenizer(path: str, chat_template: str | None, fmt: str) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as err:  # noqa: BLE001 - one line naming the cause
-        raise ConfigError(f"model.path: cannot load the tokenizer of {path}: {one_line(err)}") from None
+        raise ConfigError(f"model.path: cannot load the tokenizer of {path}: {typed_line(err)}") from None
     if chat_template is not None:
         tokenizer.chat_template = chat_template
     if fmt == "chat" and not tokenizer.chat_template:

@@ -16,8 +16,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ray_pipeline.methods.tacie.config import ScorerConfig
-from ray_pipeline.core.errors import ConfigError
-from ray_pipeline.methods.tacie.uncertainty.scorer import Encoded, Scorer, one_line
+from ray_pipeline.core.errors import ConfigError, typed_line
+from ray_pipeline.methods.tacie.uncertainty.scorer import Encoded, Scorer
 
 if TYPE_CHECKING:
     import torch
@@ -60,7 +60,7 @@ class HFScorer(Scorer):
             lm = AutoModelForCausalLM.from_pretrained(self.model.path, dtype=self.dtype)
             self.lm: Any = lm.to(self.device).eval()
         except Exception as err:  # noqa: BLE001 - one line for the user
-            raise ConfigError(f"scorer.model: cannot load {self.model.path}: {one_line(err)}") from None
+            raise ConfigError(f"scorer.model: cannot load {self.model.path}: {typed_line(err)}") from None
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self._softcap = getattr(self.lm.config, "final_logit_softcapping", None)
         self._check_head()

@@ -26,8 +26,8 @@ from abc import ABC, abstractmethod
 from typing import Any, NamedTuple, Sequence
 
 from ray_pipeline.methods.tacie.config import ScorerConfig
-from ray_pipeline.core.errors import ConfigError
-from ray_pipeline.core.models import ResolvedModel, one_line
+from ray_pipeline.core.errors import ConfigError, typed_line
+from ray_pipeline.core.models import ResolvedModel
 from ray_pipeline.core.models import check_causal_lm as _check_causal_lm
 from ray_pipeline.core.models import resolve_model as resolve_causal_lm
 
@@ -56,7 +56,7 @@ class Scorer(ABC):
         try:
             self.tokenizer: Any = AutoTokenizer.from_pretrained(self.model.path)
         except Exception as err:  # noqa: BLE001
-            raise ConfigError(f"scorer.model: cannot load the tokenizer of {self.model.path}: {one_line(err)}") from None
+            raise ConfigError(f"scorer.model: cannot load the tokenizer of {self.model.path}: {typed_line(err)}") from None
         if self.model.chat_template is not None:
             self.tokenizer.chat_template = self.model.chat_template
         if cfg.prompt_format == "chat" and not self.tokenizer.chat_template:

@@ -17,8 +17,8 @@ import os
 from typing import Any
 
 from ray_pipeline.methods.tacie.config import ScorerConfig
-from ray_pipeline.core.errors import ConfigError
-from ray_pipeline.methods.tacie.uncertainty.scorer import Encoded, Scorer, one_line
+from ray_pipeline.core.errors import ConfigError, typed_line
+from ray_pipeline.methods.tacie.uncertainty.scorer import Encoded, Scorer
 
 
 class VLLMScorer(Scorer):
@@ -48,7 +48,7 @@ class VLLMScorer(Scorer):
         try:
             self.llm: Any = vllm.LLM(**kwargs)
         except Exception as err:  # noqa: BLE001 - one line for the user
-            raise ConfigError(f"scorer: cannot start vLLM for {self.model.path}: {one_line(err)}") from err
+            raise ConfigError(f"scorer: cannot start vLLM for {self.model.path}: {typed_line(err)}") from err
         self.params = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
 
     def _score(self, sequences: list[Encoded]) -> list[list[float]]:
