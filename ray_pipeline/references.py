@@ -174,19 +174,20 @@ def check_references(job: Any) -> References:
             _hub(refs, "scorer.model", job.scorer.model, "model", needed=False, note=f"{job.scorer.backend} backend")
         else:
             refs.add("scorer.model", "model", "embedded", BUNDLED)
-        from ray_pipeline.methods.tacie.filters import NAMED_BENCHMARKS
+        from ray_pipeline.core.benchmark_data import locate
 
         for i, bench in enumerate(job.filters.decontaminate):
             where = f"filters.decontaminate[{i}]"
-            env, hub, hub_config = NAMED_BENCHMARKS.get(bench.name, (None, None, None))
+            found = locate(bench.name)  # a named benchmark's variable or hub dataset
             if bench.path:
                 refs.add(f"{where}.path", "file", bench.path, LOCAL)
             elif bench.hf:
                 _hub(refs, f"{where}.hf", bench.hf, "dataset", True, f"split {bench.split}")
-            elif env and os.environ.get(env):
-                refs.add(where, "file", os.environ[env], LOCAL, f"${env}")
-            elif hub:
-                _hub(refs, where, hub, "dataset", True, f"{bench.name} prompts" + (f", config {hub_config}" if hub_config else ""))
+            elif found is not None and found.path is not None:
+                refs.add(where, "file", found.path, LOCAL, f"${found.env}")
+            elif found is not None and found.hub:
+                _hub(refs, where, found.hub, "dataset", True,
+                     f"{bench.name} prompts" + (f", config {found.config}" if found.config else ""))
     if job.kind == "sft":
         from ray_pipeline.training.data import RUN_SFT_FILE
 
@@ -204,20 +205,19 @@ def check_references(job: Any) -> References:
             else:
                 _row_location(refs, f"data.sources[{i}]", src)
     if job.kind == "eval":
-        from ray_pipeline.evaluation.evalplus_data import OVERRIDE_ENV
-        from ray_pipeline.evaluation.multiple_data import HF_DATASET, PATH_ENV
+        from ray_pipeline.core.benchmark_data import NAMED_BENCHMARKS
 
         for i, model in enumerate(job.models):
             _teacher(refs, f"models[{i}].backend", model.backend)
         for i, bench in enumerate(job.benchmarks):
             where = f"benchmarks[{i}]"
-            env = OVERRIDE_ENV.get(bench.name) if bench.name != "multiple" else PATH_ENV
+            env = NAMED_BENCHMARKS[bench.name].env
             if bench.path:
                 refs.add(f"{where}.path", "file", bench.path, LOCAL)
             elif env and os.environ.get(env):
                 refs.add(where, "file", os.environ[env], LOCAL, f"${env}")
             elif bench.name == "multiple":
-                _hub(refs, where, HF_DATASET, "dataset", True, "MultiPL-E prompts")
+                _hub(refs, where, NAMED_BENCHMARKS["multiple"].hub, "dataset", True, "MultiPL-E prompts")
             elif _evalplus_cached(bench.name):
                 refs.add(where, "benchmark data", f"evalplus {bench.name}", CACHED, "in evalplus's cache")
             else:
