@@ -79,7 +79,6 @@ from eval_sandbox_speed import trimmed_copy  # this folder, on sys.path when run
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared/data/bench/evalplus"
 FILES = {"humaneval": "HumanEvalPlus-v0.1.10.jsonl.gz", "mbpp": "MbppPlus-v0.2.0.jsonl.gz"}
-OVERRIDE_ENV = {"humaneval": "HUMANEVAL_OVERRIDE_PATH", "mbpp": "MBPP_OVERRIDE_PATH"}
 FIND_ZERO_BUG = "expected: evalplus 0.3.1 find_zero bug"
 MEMORY_LIMIT = "expected: evalplus memory limit counts its parent's data"
 
@@ -270,10 +269,12 @@ def print_agreement(name: str, agree: dict[str, int]) -> None:
 
 def compare_evalplus(args: argparse.Namespace, datasets: list[str], work: Path, report: dict) -> int:
     """Score, compare, print and add to ``report``; the number of DIFFERENT samples."""
+    from ray_pipeline.core.benchmark_data import NAMED_BENCHMARKS
+
     paths, samples, walls, theirs, pairs, rows, truths = {}, {}, {}, {}, {}, [], {}
     for ds in datasets:
         paths[ds] = trimmed_copy(args.data_dir / FILES[ds], args.limit, work)
-        os.environ[OVERRIDE_ENV[ds]] = str(paths[ds])  # before evalplus is imported
+        os.environ[NAMED_BENCHMARKS[ds].env] = str(paths[ds])  # evalplus's override variable, before it is imported
     for ds in datasets:
         samples[ds] = make_samples(paths[ds], args.mutants, args.seed)
         (work / f"{ds}.jsonl").write_text("".join(json.dumps({"task_id": s["task_id"], "solution": s["solution"]})

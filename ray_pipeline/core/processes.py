@@ -1,5 +1,8 @@
 """The process table from /proc: what the embedded teacher's supervisor and the evaluation sandbox use to find
-every process below one they started, and to tell which are still alive."""
+every process below one they started, to tell which are still alive, and to count a user's tasks.
+
+The harness programs that run inside a sandbox (``evaluation/harness/reaping.py``) scan /proc on their own:
+they run without this package."""
 
 from __future__ import annotations
 
@@ -45,3 +48,17 @@ def alive(pids: Sequence[int] | set[int]) -> set[int]:
     """The given pids that still exist and are not zombies."""
     table = proc_table()
     return {pid for pid in pids if pid in table and table[pid][2] not in ("Z", "X")}
+
+
+def user_task_count(uid: int) -> int:
+    """How many processes and threads ``uid`` has (what RLIMIT_NPROC counts), as far as /proc shows."""
+    count = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{name}").st_uid == uid:
+                count += len(os.listdir(f"/proc/{name}/task"))
+        except OSError:  # gone meanwhile
+            continue
+    return count

@@ -27,12 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from ray_pipeline.core.benchmark_data import NAMED_BENCHMARKS, local_path
 from ray_pipeline.core.errors import EvaluationError
 from ray_pipeline.evaluation.problems import Problem
 
 DATASETS = ("humaneval", "mbpp")
-#: the environment variable evalplus reads for each dataset's file
-OVERRIDE_ENV = {"humaneval": "HUMANEVAL_OVERRIDE_PATH", "mbpp": "MBPP_OVERRIDE_PATH"}
+#: the environment variable evalplus reads for each dataset's file (``core.benchmark_data``'s table)
+OVERRIDE_ENV = {dataset: NAMED_BENCHMARKS[dataset].env for dataset in DATASETS}
 #: evalplus's ``completeness_check`` keys, plus the two every task needs
 REQUIRED_KEYS = ("task_id", "prompt", "entry_point", "contract", "canonical_solution", "base_input", "plus_input", "atol")
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "fusion" / "evalplus"
@@ -73,13 +74,12 @@ class EvalPlusData:
 
 
 def resolve_path(dataset: str, path: str | os.PathLike | None = None) -> str:
-    """The data file: ``path``, else evalplus's override variable, else evalplus's downloaded copy."""
+    """The data file: ``path``, else evalplus's override variable (``core.benchmark_data.local_path``), else
+    evalplus's downloaded copy."""
     _check_dataset(dataset)
-    if path is not None:
-        return str(path)
-    env = os.environ.get(OVERRIDE_ENV[dataset])
-    if env:
-        return env
+    local = local_path(dataset, path)
+    if local is not None:
+        return local
     try:
         if dataset == "humaneval":
             from evalplus.data.humaneval import _ready_human_eval_plus_path as ready

@@ -30,21 +30,21 @@ def references(job: Any, refs: Any) -> None:
     """The inputs from outside the job: each model's backend, each benchmark's data."""
     import os
 
+    from ray_pipeline.core.benchmark_data import NAMED_BENCHMARKS
     from ray_pipeline.core.references import CACHED, LOCAL, NOT_CHECKED
-    from ray_pipeline.evaluation.evalplus_data import OVERRIDE_ENV, evalplus_cached
-    from ray_pipeline.evaluation.multiple_data import HF_DATASET, PATH_ENV
+    from ray_pipeline.evaluation.evalplus_data import evalplus_cached
 
     for i, model in enumerate(job.models):
         refs.teacher(f"models[{i}].backend", model.backend)
     for i, bench in enumerate(job.benchmarks):
         where = f"benchmarks[{i}]"
-        env = OVERRIDE_ENV.get(bench.name) if bench.name != "multiple" else PATH_ENV
+        env = NAMED_BENCHMARKS[bench.name].env
         if bench.path:
             refs.add(f"{where}.path", "file", bench.path, LOCAL)
         elif env and os.environ.get(env):
             refs.add(where, "file", os.environ[env], LOCAL, f"${env}")
         elif bench.name == "multiple":
-            refs.hub(where, HF_DATASET, "dataset", True, "MultiPL-E prompts")
+            refs.hub(where, NAMED_BENCHMARKS["multiple"].hub, "dataset", True, "MultiPL-E prompts")
         elif evalplus_cached(bench.name):
             refs.add(where, "benchmark data", f"evalplus {bench.name}", CACHED, "in evalplus's cache")
         else:

@@ -11,6 +11,10 @@ Sources, in the order tried:
   ``humaneval-<lang>`` (the "reworded" prompts), split ``test``, at the revision
   bigcode-evaluation-harness pins. Today it is stored as parquet, no loading script.
 
+Where the data is (the variable, the file name, the hub dataset, config and
+revision) is the ``multiple`` row of ``core.benchmark_data``'s table, found by
+its ``locate``; reading and checking MultiPL-E's rows is this module's.
+
 Each row needs ``name``, ``prompt``, ``tests`` and ``stop_tokens``; ``language``,
 when present, must be the language asked for. Any problem with the input is an
 :class:`EvaluationError` naming the file and the cause.
@@ -19,20 +23,21 @@ when present, must be the language asked for. Any problem with the input is an
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
 
+from ray_pipeline.core.benchmark_data import NAMED_BENCHMARKS, Location, hub_rows, locate
 from ray_pipeline.core.errors import EvaluationError
 from ray_pipeline.evaluation.problems import LANGUAGE_ALIASES, MULTIPLE_LANGUAGES, Problem
 
-HF_DATASET = "nuprl/MultiPL-E"
+MULTIPLE = NAMED_BENCHMARKS["multiple"]  # where the data is: core.benchmark_data's table
+HF_DATASET = MULTIPLE.hub
 #: the revision bigcode-evaluation-harness pins at its HEAD (2025-07)
-HF_REVISION = "28441b6024e71d4a1c1c0f6bf171c935cd5a43f2"
+HF_REVISION = MULTIPLE.revision
 REQUIRED_FIELDS = ("name", "prompt", "tests", "stop_tokens")
 #: a directory of humaneval-<lang>-reworded.jsonl used when a benchmark gives no path
-PATH_ENV = "FUSION_MULTIPLE_PATH"
+PATH_ENV = MULTIPLE.env
 _FUNCTION_NAME = re.compile(r"(\w+)\s*\(")
 
 
@@ -46,7 +51,7 @@ def multiple_language(language: str) -> str:
 
 
 def data_file_name(language: str) -> str:
-    return f"humaneval-{multiple_language(language)}-reworded.jsonl"
+    return MULTIPLE.file_for(multiple_language(language))
 
 
 def load_multiple(language: str, path: str | Path | None = None, limit: int | None = None) -> list[Problem]:
@@ -54,17 +59,14 @@ def load_multiple(language: str, path: str | Path | None = None, limit: int | No
     lang = multiple_language(language)
     if limit is not None and limit < 0:
         raise EvaluationError(f"MultiPL-E {lang}: limit must be >= 0, got {limit}")
-    if path is None and os.environ.get(PATH_ENV):
-        path = os.environ[PATH_ENV]
-    if path is None:
-        source = f"{HF_DATASET} humaneval-{lang}@{HF_REVISION[:8]}"
-        rows = [(f"row {i + 1}", row) for i, row in enumerate(_hub_rows(lang))]
+    found = locate("multiple", path=path, language=lang)
+    assert found is not None  # the table names a hub dataset
+    if found.path is None:
+        source = f"{found.hub} {found.config}@{(found.revision or '')[:8]}"
+        rows = [(f"row {i + 1}", row) for i, row in enumerate(_hub_rows(found))]
     else:
-        file = Path(path)
-        if file.is_dir():
-            file = file / data_file_name(lang)
-        source = str(file)
-        rows = _file_rows(file)
+        source = found.path
+        rows = _file_rows(Path(found.path))
     problems = [_problem(row, lang, source, where) for where, row in rows]
     seen: set[str] = set()
     for problem in problems:
@@ -102,16 +104,16 @@ def _file_rows(file: Path) -> list[tuple[str, Any]]:
     return rows
 
 
-def _hub_rows(lang: str) -> list[dict[str, Any]]:
+def _hub_rows(found: Location) -> list[dict[str, Any]]:
     try:
-        from datasets import load_dataset
+        import datasets  # noqa: F401 - only to name the missing package
     except ImportError as exc:
         raise EvaluationError("loading MultiPL-E from the Hugging Face hub needs the 'datasets' package; "
                               "or give a local path to the data") from exc
     try:
-        dataset = load_dataset(HF_DATASET, f"humaneval-{lang}", split="test", revision=HF_REVISION)
+        dataset = hub_rows(found.hub or "", found.config, found.split, found.revision)
     except Exception as exc:  # the hub, the network or the cache: all reported as one line
-        raise EvaluationError(f"cannot load {HF_DATASET} config humaneval-{lang} at revision {HF_REVISION}: "
+        raise EvaluationError(f"cannot load {found.hub} config {found.config} at revision {found.revision}: "
                               f"{type(exc).__name__}: {exc}") from exc
     return [dict(row) for row in dataset]
 

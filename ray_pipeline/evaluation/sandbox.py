@@ -90,7 +90,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import BinaryIO, Callable, Mapping, Sequence
 
-from ray_pipeline.core.processes import process_tree
+from ray_pipeline.core.processes import process_tree, user_task_count
 from ray_pipeline.core.errors import FusionError
 
 #: system directories every sandbox sees read-only (those that exist on the host)
@@ -554,7 +554,7 @@ class Sandbox:
     # ------------------------------------------------------------- pod isolation
     def _pod_args(self, status_fd: int, limits: Limits) -> list[str]:
         """The supervisor, then prlimit; RLIMIT_NPROC counts every process of this user, so it starts from there."""
-        nproc = limits.nproc if _as_root() else limits.nproc + _user_tasks(os.getuid())
+        nproc = limits.nproc if _as_root() else limits.nproc + user_task_count(os.getuid())
         return ([sys.executable, "-I", "-S", str(POD_SUPERVISOR), str(status_fd), str(os.getpid()), "--"]
                 + self._limit_args(limits, nproc=nproc))
 
@@ -583,20 +583,6 @@ class Sandbox:
             what = "the pod sandbox" if self.isolation == "pod" else "bubblewrap sandbox"
             raise SandboxError(f"{what} does not start here (exit {outcome.exit_code}): "
                                f"{outcome.stderr.strip()[-300:]}")
-
-
-def _user_tasks(uid: int) -> int:
-    """How many processes and threads ``uid`` has (what RLIMIT_NPROC counts), as far as /proc shows."""
-    count = 0
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            if os.stat(f"/proc/{name}").st_uid == uid:
-                count += len(os.listdir(f"/proc/{name}/task"))
-        except OSError:  # gone meanwhile
-            continue
-    return count
 
 
 def _stop_supervisor(pid: int) -> None:

@@ -17,7 +17,6 @@ import random
 import shutil
 import signal
 import sys
-import threading
 import time
 import uuid
 from dataclasses import replace
@@ -422,7 +421,6 @@ def test_pod_isolation_needs_no_bwrap_and_the_environment_overrides_the_job(tmp_
     before = config_hash(job_to_dict(job))
     job.sandbox.isolation = "pod"
     assert job_to_dict(job)["sandbox"]["isolation"] == "pod" and config_hash(job_to_dict(job)) == before
-    assert sandbox_module._user_tasks(os.getuid()) >= threading.active_count()
 
 
 @pytest.mark.sandbox

@@ -4,7 +4,9 @@ A harness that calls ``PR_SET_CHILD_SUBREAPER`` (:func:`become_subreaper`)
 stays the parent of every process its children leave behind, also those that
 double-forked or left their session, so :func:`kill_all` can find them all.
 Standard library only: the harness programs import this file from their own
-directory, started with ``-I -S``.
+directory, started with ``-I -S``. So it scans /proc itself (:func:`children`)
+rather than through ``ray_pipeline.core.processes``: the package is not there
+inside the sandbox.
 """
 
 import ctypes

@@ -11,35 +11,26 @@ contamination study of the GPT-3 paper). Text is lower-cased and split into
 words, identifiers and numbers; an instruction is contaminated by a benchmark
 when they share any word n-gram. A benchmark prompt shorter than n words is
 one gram of its whole word sequence, which matches where it appears
-contiguously in the text. Benchmarks come from files or the Hugging Face hub,
-see :func:`load_benchmark_prompts`.
+contiguously in the text. Benchmark prompts come from files or the Hugging Face
+hub through ``core.benchmark_data`` (the named benchmarks, their variables and
+hub datasets), see :func:`load_benchmark_prompts`.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
-import os
 import re
-from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 from ray_pipeline.methods.tacie.config import BenchmarkSource
 from ray_pipeline.analysis.diversity import CHUNK_ELEMENTS, nearest, unit_rows
+from ray_pipeline.core.benchmark_data import DEFAULT_SPLIT, BenchmarkDataError, load_prompts, named
 from ray_pipeline.core.errors import ConfigError
 
 SIMILARITY_TOLERANCE = 1e-6
 # Items handled per block of the greedy pass (their block-internal similarities are one small matrix).
 _BLOCK = 512
-PROMPT_FIELDS = ("prompt", "question", "text")
-# Named benchmarks: the environment variable evalplus reads for its file, and the hub dataset.
-NAMED_BENCHMARKS: dict[str, tuple[str | None, str, str | None]] = {
-    "humaneval": ("HUMANEVAL_OVERRIDE_PATH", "openai/openai_humaneval", None),
-    "mbpp": ("MBPP_OVERRIDE_PATH", "google-research-datasets/mbpp", None),
-    "gsm8k": (None, "openai/gsm8k", "main"),
-}
 _WORD = re.compile(r"\w+")
 
 
@@ -145,74 +136,16 @@ class Decontaminator:
 
 # ---------------------------------------------------------------- benchmark prompts
 def load_benchmark_prompts(src: BenchmarkSource) -> list[str]:
-    """Prompts of one benchmark, from the first of: ``path``; ``hf`` (with ``hf_config``);
-    for humaneval/mbpp, the file in $HUMANEVAL_OVERRIDE_PATH/$MBPP_OVERRIDE_PATH (as evalplus);
-    for a named benchmark, its hub dataset (openai/openai_humaneval,
-    google-research-datasets/mbpp, openai/gsm8k main). The text is ``field``, or
-    the first of prompt, question, text a row has."""
-    env, hub, hub_config = NAMED_BENCHMARKS.get(src.name, (None, None, None))
+    """Prompts of one benchmark to decontaminate against, from the first of: ``path``; ``hf`` (with
+    ``hf_config``); for a named benchmark, the file in its variable, then its hub dataset (the table and
+    the reading are ``core.benchmark_data``'s). The text is ``field``, else the first of the named
+    benchmark's fields (prompt, question, text) a row has. ConfigError (one line) when they cannot be loaded."""
+    # BenchmarkSource.split defaults to "test": for a named benchmark that means the split of its table row.
+    split = None if src.split == DEFAULT_SPLIT else src.split
     try:
-        if src.path:
-            rows = _file_rows(Path(src.path), src.split)
-        elif src.hf:
-            rows = _hub_rows(src.hf, src.hf_config, src.split)
-        elif env and os.environ.get(env):
-            rows = _file_rows(Path(os.environ[env]), src.split)
-        elif hub:
-            rows = _hub_rows(hub, hub_config, src.split)
-        else:
-            raise ValueError("no path or hf dataset given")
-        prompts = _prompts(rows, src.field)
-    except Exception as err:  # file, JSON and datasets errors all mean "cannot load"
-        cause = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        return load_prompts(src.name, path=src.path, hf=src.hf, hf_config=src.hf_config, split=split, field=src.field)
+    except BenchmarkDataError as err:
+        bench = named(src.name)
+        env = bench.env if bench is not None else None
         hint = f"filters.decontaminate[].path or {env}" if env else "filters.decontaminate[].path"
-        raise ConfigError(f"decontamination benchmark '{src.name}': {cause}; set {hint}, or remove it") from None
-    return prompts
-
-
-def _prompts(rows: Iterable[Any], field: str | None) -> list[str]:
-    fields = (field,) if field else PROMPT_FIELDS
-    prompts = []
-    for number, row in enumerate(rows, 1):
-        text = next((row[f] for f in fields if isinstance(row, Mapping) and isinstance(row.get(f), str)), None)
-        if text is None:
-            raise ValueError(f"row {number} has no text field ({', '.join(fields)})")
-        prompts.append(text)
-    if not prompts:
-        raise ValueError("no prompts found")
-    return prompts
-
-
-def _file_rows(path: Path, split: str) -> list[Any]:
-    """Rows of a .json / .jsonl file (optionally gzipped): a list, an object holding one, or JSON lines."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file not found")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8-sig") as fh:
-        text = fh.read()
-    if path.name.removesuffix(".gz").endswith(".json"):
-        try:
-            document = json.loads(text)
-        except json.JSONDecodeError:
-            pass  # JSON lines in a .json file
-        else:
-            if isinstance(document, dict):
-                lists = [document[k] for k in (split, "data", "rows") if isinstance(document.get(k), list)]
-                if not lists:
-                    raise ValueError(f"{path}: JSON object holds no list under '{split}', 'data' or 'rows'")
-                return lists[0]
-            return document if isinstance(document, list) else [document]
-    rows = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: line {number}: invalid JSON: {err.msg}") from None
-    return rows
-
-
-def _hub_rows(ref: str, config: str | None, split: str) -> Iterable[Any]:
-    import datasets
-
-    return datasets.load_dataset(ref, config, split=split)
+        raise ConfigError(f"decontamination benchmark '{src.name}': {err}; set {hint}, or remove it") from None

@@ -30,11 +30,9 @@ def validate(job: Any) -> dict[str, Any]:
 
 def references(job: Any, refs: Any) -> None:
     """The inputs from outside the job: seeds, teacher, embedding and scorer models, decontamination benchmarks."""
-    import os
-
     from ray_pipeline.analysis.embeddings import BUNDLED_ALIASES
+    from ray_pipeline.core.benchmark_data import locate
     from ray_pipeline.core.references import LOCAL
-    from ray_pipeline.methods.tacie.filters import NAMED_BENCHMARKS
 
     for i, src in enumerate(job.seeds):
         refs.rows(f"seeds[{i}]", src)
@@ -44,15 +42,16 @@ def references(job: Any, refs: Any) -> None:
                note=f"{job.scorer.backend} backend")
     for i, bench in enumerate(job.filters.decontaminate):
         where = f"filters.decontaminate[{i}]"
-        env, hub, hub_config = NAMED_BENCHMARKS.get(bench.name, (None, None, None))
+        found = locate(bench.name)  # a named benchmark's variable or hub dataset
         if bench.path:
             refs.add(f"{where}.path", "file", bench.path, LOCAL)
         elif bench.hf:
             refs.hub(f"{where}.hf", bench.hf, "dataset", True, f"split {bench.split}")
-        elif env and os.environ.get(env):
-            refs.add(where, "file", os.environ[env], LOCAL, f"${env}")
-        elif hub:
-            refs.hub(where, hub, "dataset", True, f"{bench.name} prompts" + (f", config {hub_config}" if hub_config else ""))
+        elif found is not None and found.path is not None:
+            refs.add(where, "file", found.path, LOCAL, f"${found.env}")
+        elif found is not None and found.hub:
+            refs.hub(where, found.hub, "dataset", True,
+                     f"{bench.name} prompts" + (f", config {found.config}" if found.config else ""))
 
 
 def partial_validation(job: Any, refs: Any) -> dict[str, Any]:

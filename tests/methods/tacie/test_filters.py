@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ray_pipeline.analysis import diversity
+from ray_pipeline.core.benchmark_data import named
 from ray_pipeline.methods.tacie import filters
 from ray_pipeline.methods.tacie.config import BenchmarkSource, FilterConfig
 from ray_pipeline.core.errors import ConfigError
@@ -149,12 +150,11 @@ def test_named_benchmark_reads_the_evalplus_override_variable(monkeypatch):
     assert len(prompts) == 378
 
 
-def test_files_fields_and_shapes(tmp_path):
-    (tmp_path / "a.json").write_text(json.dumps({"test": [{"question": "q1"}, {"question": "q2"}]}))
+def test_unreadable_prompts_are_a_config_error_naming_the_field(tmp_path):
+    # reading files and rows is core.benchmark_data's (tests/core/test_benchmark_data.py); here: the job's errors
     (tmp_path / "b.jsonl").write_text('{"instruction": "i1", "text": "t1"}\n\n{"text": "t2", "prompt": "p2"}\n')
     with gzip.open(tmp_path / "c.json.gz", "wt") as fh:
         json.dump([{"body": "x"}], fh)
-    assert load_benchmark_prompts(BenchmarkSource(name="a", path=str(tmp_path / "a.json"))) == ["q1", "q2"]
     assert load_benchmark_prompts(BenchmarkSource(name="b", path=str(tmp_path / "b.jsonl"))) == ["t1", "p2"]
     assert load_benchmark_prompts(BenchmarkSource(name="b", path=str(tmp_path / "b.jsonl"), field="text")) == ["t1", "t2"]
     assert load_benchmark_prompts(BenchmarkSource(name="c", path=str(tmp_path / "c.json.gz"), field="body")) == ["x"]
@@ -179,6 +179,10 @@ def test_missing_file_is_a_one_line_error(tmp_path, monkeypatch):
         load_benchmark_prompts(BenchmarkSource(name="humaneval"))
     with pytest.raises(ConfigError, match=r"^decontamination benchmark 'mine': no path or hf dataset given; set filters.decontaminate\[\].path, or remove it$"):
         load_benchmark_prompts(BenchmarkSource(name="mine"))
+    # MultiPL-E is one data set per language: to decontamination a label like any other
+    monkeypatch.setenv("FUSION_MULTIPLE_PATH", str(tmp_path))
+    with pytest.raises(ConfigError, match=r"^decontamination benchmark 'multiple': no path or hf dataset given; set filters.decontaminate\[\].path, or remove it$"):
+        load_benchmark_prompts(BenchmarkSource(name="multiple"))
 
 
 def test_hub_offline_is_a_one_line_error(monkeypatch):
@@ -203,4 +207,4 @@ def test_hub_offline_is_a_one_line_error(monkeypatch):
 def test_default_filter_config_names_the_three_benchmarks():
     cfg = FilterConfig()
     assert [b.name for b in cfg.decontaminate] == ["humaneval", "mbpp", "gsm8k"]
-    assert set(filters.NAMED_BENCHMARKS) == {"humaneval", "mbpp", "gsm8k"}
+    assert all(named(b.name) is not None for b in cfg.decontaminate)  # each a row of core.benchmark_data's table
