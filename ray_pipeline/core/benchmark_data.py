@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from ray_pipeline.core.errors import first_line
+
 #: where a row's prompt text is, unless a benchmark or the job says otherwise: the first of these fields it has
 PROMPT_FIELDS = ("prompt", "question", "text")
 #: the placeholder that makes a benchmark one data set per language (in ``hub_config`` and ``file``)
@@ -71,7 +73,13 @@ NAMED_BENCHMARKS: dict[str, NamedBenchmark] = {b.name: b for b in (
     # the hub datasets are the original benchmarks (what decontamination reads when no variable is set).
     NamedBenchmark("humaneval", env="HUMANEVAL_OVERRIDE_PATH", hub="openai/openai_humaneval"),
     NamedBenchmark("mbpp", env="MBPP_OVERRIDE_PATH", hub="google-research-datasets/mbpp"),
-    NamedBenchmark("gsm8k", hub="openai/gsm8k", hub_config="main"),
+    # GSM8K's test split (1,319 problems: ``question``, ``answer`` ending in "#### N")
+    NamedBenchmark("gsm8k", env="FUSION_GSM8K_PATH", hub="openai/gsm8k", hub_config="main"),
+    # IFEval's 541 prompts (``key``, ``prompt``, ``instruction_id_list``, ``kwargs``): google-research's input_data.jsonl
+    NamedBenchmark("ifeval", env="FUSION_IFEVAL_PATH", hub="google/IFEval", split="train"),
+    # MT-Bench's 80 two-turn questions (FastChat's question.jsonl: ``question_id``, ``category``, ``turns``); the
+    # hub copy holds the GPT-4 reference answers in the same rows (``prompt``, ``reference``)
+    NamedBenchmark("mt_bench", env="FUSION_MT_BENCH_PATH", hub="HuggingFaceH4/mt_bench_prompts", split="train"),
     # MultiPL-E's "reworded" HumanEval per language, at the revision bigcode-evaluation-harness pins (2025-07);
     # the evaluation image bakes the files into the directory in $FUSION_MULTIPLE_PATH.
     NamedBenchmark("multiple", env="FUSION_MULTIPLE_PATH", hub="nuprl/MultiPL-E", hub_config="humaneval-{language}",
@@ -217,9 +225,4 @@ def load_prompts(name: str, *, path: str | None = None, hf: str | None = None, h
         fields = (field,) if field else (bench.fields if bench is not None else PROMPT_FIELDS)
         return prompt_texts(read_rows(where), fields)
     except Exception as err:  # file, JSON and datasets errors all mean "cannot load"
-        raise BenchmarkDataError(one_line(err)) from None
-
-
-def one_line(err: BaseException) -> str:
-    """The first line of an error's message (its type's name when it has none)."""
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise BenchmarkDataError(first_line(err)) from None

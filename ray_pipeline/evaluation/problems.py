@@ -8,7 +8,7 @@ MultiPL-E's ``tests``) stays with that executor, keyed by task id.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ray_pipeline.core.languages import LANGUAGE_ALIASES, LANGUAGE_TITLES, MULTIPLE_LANGUAGES  # noqa: F401 (re-exported)
@@ -16,17 +16,20 @@ from ray_pipeline.core.languages import LANGUAGE_ALIASES, LANGUAGE_TITLES, MULTI
 
 @dataclass(frozen=True)
 class Problem:
-    benchmark: str  # "humaneval" | "mbpp" | "multiple"
+    benchmark: str  # "humaneval" | "mbpp" | "multiple" | "gsm8k" | "ifeval" | "mt_bench"
     language: str  # "python" or a MULTIPLE_LANGUAGES key
     task_id: str  # "HumanEval/0", "Mbpp/2", "HumanEval_23_strlen"
     prompt: str
     entry_point: str = ""
     stop: tuple[str, ...] = ()
     tests: str = ""  # MultiPL-E's test program; empty for evalplus (its tests live with the executor)
+    # what a benchmark checks an answer against, as plain JSON: gsm8k {"answer": "18"}; ifeval {"key",
+    # "instruction_id_list", "kwargs"}; mt_bench {"question_id", "category", "turns", "reference"}
+    meta: dict[str, Any] = field(default_factory=dict, hash=False, compare=True)
 
     @property
     def suite(self) -> str:
-        """The summary column this problem counts towards: humaneval, mbpp or multiple-<lang>."""
+        """The suite this problem counts towards: humaneval, mbpp, multiple-<lang>, gsm8k, ifeval, mt_bench."""
         return f"multiple-{self.language}" if self.benchmark == "multiple" else self.benchmark
 
     def to_json(self) -> dict[str, Any]:
