@@ -1,18 +1,23 @@
 """From a job's ``benchmarks`` to suites of problems, and from a suite to its executor.
 
 A suite is what one summary column group is computed from: ``humaneval`` and
-``mbpp`` (evalplus data; base and plus tests) and ``multiple-<lang>`` (one
-MultiPL-E language). The driver loads the problems (prompts, stop sequences)
-for generation; each scoring actor builds the suite's executor from the same
-spec (a plain dict, so it travels to Ray actors), loading the test data there.
+``mbpp`` (evalplus data; base and plus tests), ``multiple-<lang>`` (one
+MultiPL-E language), ``gsm8k``, ``ifeval`` and ``mt_bench``. The driver loads
+the problems (prompts, stop sequences, and for the text benchmarks what an
+answer is checked against, in ``Problem.meta``) for generation. A code suite is
+scored by running programs: each scoring actor builds the suite's executor from
+the same spec (a plain dict, so it travels to Ray actors), loading the test data
+there. GSM8K and IFEval are checked by rule (``evaluation.checks``), MT-Bench by
+a judge model (``evaluation.judging``).
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from ray_pipeline.evaluation.config import EvalBenchmarkConfig
+from ray_pipeline.evaluation.config import CODE_BENCHMARKS, TEXT_BENCHMARKS, EvalBenchmarkConfig
 from ray_pipeline.core.errors import EvaluationError
 from ray_pipeline.evaluation.executors.base import Executor
 from ray_pipeline.evaluation.problems import Problem
@@ -25,6 +30,11 @@ class Suite:
     language: str
     path: str | None
     problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def runs_programs(self) -> bool:
+        """A code suite: scored by running programs in the sandbox."""
+        return self.benchmark in CODE_BENCHMARKS
 
     def spec(self) -> dict[str, Any]:
         """What a scoring actor needs to build this suite's executor."""
@@ -41,6 +51,10 @@ def load_suites(benchmarks: list[EvalBenchmarkConfig]) -> list[Suite]:
 
             data = load_evalplus(bench.name, bench.path, limit=bench.limit, task_ids=bench.tasks)
             suites.append(Suite(bench.name, bench.name, "python", bench.path, data.as_problems()))
+        elif bench.name in TEXT_BENCHMARKS:
+            module = importlib.import_module(f"ray_pipeline.evaluation.{bench.name}")
+            problems = module.load_problems(bench.path, limit=bench.limit, tasks=bench.tasks)
+            suites.append(Suite(bench.name, bench.name, "", bench.path, problems))
         else:
             from ray_pipeline.evaluation.multiple_data import load_multiple
 

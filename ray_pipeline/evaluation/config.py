@@ -45,15 +45,48 @@ class EvalModelConfig(StrictModel):
         return _backend_shorthand(value)
 
 
-class EvalBenchmarkConfig(StrictModel):
-    """One benchmark: HumanEval(+), MBPP(+) (evalplus data) or MultiPL-E (HumanEval in six languages)."""
+#: the benchmarks an eval job runs: the IF paper's code benchmarks and the TaCIE paper's instruction benchmarks
+CODE_BENCHMARKS = ("humaneval", "mbpp", "multiple")
+TEXT_BENCHMARKS = ("gsm8k", "ifeval", "mt_bench")
+#: the answer length a benchmark's reference harness uses, where it is not the job's sampling.max_tokens
+BENCHMARK_MAX_TOKENS = {"ifeval": 1280, "mt_bench": 1024}  # lm-eval's ifeval max_gen_toks; FastChat's max_new_token
 
-    name: Literal["humaneval", "mbpp", "multiple"]
+
+def _judge_shorthand(value: Any) -> Any:
+    """``judge: embedded`` is the bundled model; ``judge: gpt-4o`` a model of the OpenAI API; else a teacher mapping."""
+    if isinstance(value, str):
+        return {"kind": "embedded"} if value == "embedded" else {"kind": "openai", "model": value}
+    return value
+
+
+class EvalBenchmarkConfig(StrictModel):
+    """One benchmark: HumanEval(+), MBPP(+) (evalplus data), MultiPL-E (HumanEval in six languages), GSM8K (test
+    split), IFEval or MT-Bench."""
+
+    name: Literal["humaneval", "mbpp", "multiple", "gsm8k", "ifeval", "mt_bench"]
     path: str | None = Field(
         None,
         description="humaneval/mbpp: the evalplus .jsonl(.gz) (default: $HUMANEVAL_OVERRIDE_PATH / $MBPP_OVERRIDE_PATH, "
                     "else evalplus's download); multiple: a directory of humaneval-<lang>-reworded.jsonl (default: "
-                    "$FUSION_MULTIPLE_PATH, else the hub)",
+                    "$FUSION_MULTIPLE_PATH, else the hub); gsm8k: the test .jsonl ($FUSION_GSM8K_PATH, else the hub); "
+                    "ifeval: input_data.jsonl ($FUSION_IFEVAL_PATH, else the hub); mt_bench: question.jsonl, with "
+                    "the GPT-4 reference answers beside it ($FUSION_MT_BENCH_PATH, else the hub)",
+    )
+    max_tokens: int | None = Field(
+        None, gt=0, description="this benchmark's answer length (default: ifeval 1280 as lm-eval, mt_bench 1024 as "
+                                "FastChat, the others sampling.max_tokens)",
+    )
+    answer_pattern: str | None = Field(
+        None, description="gsm8k: a regex whose first group is the final answer (default: 'The answer is N'); an "
+                          "answer it does not match is read by its last number",
+    )
+    judge: TeacherConfig | None = Field(
+        None, description="mt_bench: the judge (any teacher; a string is an OpenAI model, 'embedded' the bundled "
+                          "one); default gpt-4 through the OpenAI API, MT-Bench's judge",
+    )
+    category_temperatures: bool = Field(
+        True, description="mt_bench: FastChat's temperature per category (writing, roleplay 0.7; stem, humanities "
+                          "0.1; the rest 0); false: sampling.temperature for every question",
     )
     languages: list[str] = Field(default_factory=lambda: list(MULTIPLE_LANGUAGES), description="multiple only")
     limit: int | None = Field(None, gt=0, description="the first N tasks (per language)")
@@ -64,6 +97,11 @@ class EvalBenchmarkConfig(StrictModel):
                     "model's). The IF paper scored MultiPL-E in completion mode (bigcode-evaluation-harness, Table 3) "
                     "and HumanEval(+)/MBPP(+) as instructions (evalplus)",
     )
+
+    @field_validator("judge", mode="before")
+    @classmethod
+    def _judge(cls, value: Any) -> Any:
+        return _judge_shorthand(value)
 
     @field_validator("languages", mode="before")
     @classmethod
@@ -81,7 +119,31 @@ class EvalBenchmarkConfig(StrictModel):
             raise ValueError("languages: empty")
         if len(set(self.languages)) != len(self.languages):
             raise ValueError("languages: listed twice")
+        given = self.model_fields_set
+        for key, only in (("languages", "multiple"), ("answer_pattern", "gsm8k"), ("judge", "mt_bench"),
+                          ("category_temperatures", "mt_bench")):
+            if key in given and self.name != only:
+                raise ValueError(f"{key}: only for {only}, not {self.name}")
+        if self.name == "mt_bench" and self.prompt == "completion":
+            raise ValueError("prompt: mt_bench is a two-turn chat; completion mode cannot ask its second turn")
+        if self.answer_pattern is not None:
+            try:
+                if re.compile(self.answer_pattern).groups < 1:
+                    raise ValueError("answer_pattern: needs a group around the number")
+            except re.error as err:
+                raise ValueError(f"answer_pattern: not a regular expression ({err})") from None
         return self
+
+    @property
+    def answer_tokens(self) -> int | None:
+        """The answer length this benchmark asks for: its own, else its harness's, else None (the job's)."""
+        return self.max_tokens or BENCHMARK_MAX_TOKENS.get(self.name)
+
+    def judge_config(self) -> Any:
+        """The MT-Bench judge: the job's, else GPT-4 through the OpenAI API (MT-Bench's default judge)."""
+        from ray_pipeline.core.config import OpenAITeacherConfig
+
+        return self.judge if self.judge is not None else OpenAITeacherConfig(model="gpt-4")
 
 
 class EvalSamplingConfig(StrictModel):
@@ -169,6 +231,9 @@ class EvalJob(JobCommon):
     def resolve_paths(self, base: Path) -> None:
         for bench in self.benchmarks:
             bench.path = relative_to_job(base, bench.path, must_exist=False)
+        for bench in self.benchmarks:
+            if isinstance(bench.judge, VLLMTeacherConfig):
+                bench.judge.model = relative_to_job(base, bench.judge.model, must_exist=True)
         for model in self.models:
             if isinstance(model.backend, VLLMTeacherConfig):
                 model.backend.model = relative_to_job(base, model.backend.model, must_exist=True)
@@ -176,7 +241,7 @@ class EvalJob(JobCommon):
 
     def prompt_modes(self, model: EvalModelConfig) -> dict[str, str]:
         """{benchmark: completion|chat} for one model: the benchmark's ``prompt`` where set, else the model's."""
-        return {b.name: b.prompt or model.prompt for b in self.benchmarks}
+        return {b.name: b.prompt or ("chat" if b.name == "mt_bench" else model.prompt) for b in self.benchmarks}
 
 
 def _label_for(model: str) -> str:

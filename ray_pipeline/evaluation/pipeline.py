@@ -1,4 +1,5 @@
-"""Evaluation of models on HumanEval(+), MBPP(+) and MultiPL-E, the papers' benchmarks.
+"""Evaluation of models on the papers' benchmarks: HumanEval(+), MBPP(+) and MultiPL-E (IF), MT-Bench, IFEval,
+GSM8K and HumanEval (TaCIE).
 
 1. Load the suites' problems (``evaluation.benchmarks``) and check, before any
    work, that the sandbox starts, which languages' toolchains exist here (a
@@ -12,10 +13,14 @@
    data generation, the model started lazily, at the first answer the cache
    lacks; calls cached in the run directory, so an interrupted run resumes,
    and a finished one starts no model), and turn each answer into
-   the benchmark's solution (``evaluation.postprocess``).
-3. Score every sample in bubblewrap sandboxes on a Ray Data actor pool
-   (``stages.score_stage``): evalplus's checker for HumanEval+/MBPP+,
-   MultiPL-E's build/run rules for the six languages.
+   the benchmark's solution (``evaluation.postprocess``). MT-Bench's second
+   turn is asked in the same session, with the model's first answer in the
+   conversation.
+3. Score every sample: code in bubblewrap sandboxes on a Ray Data actor pool
+   (``execution_stage``): evalplus's checker for HumanEval+/MBPP+,
+   MultiPL-E's build/run rules for the six languages; GSM8K and IFEval by
+   rule on the driver (``checks``); MT-Bench by the judge model, each turn
+   rated 1-10 (``judging``, the judge's calls cached like the model's).
 4. Write ``samples/<model>.jsonl``, ``results/<model>.jsonl`` (per task),
    ``summary.json``, ``summary.md`` (the papers' table layout) and ``manifest.json``.
 
@@ -42,7 +47,10 @@ from ray_pipeline.evaluation.config import EvalJob
 from ray_pipeline.core.errors import EvaluationError
 from ray_pipeline.evaluation import results
 from ray_pipeline.evaluation.benchmarks import Suite, check_scoring, load_suites, make_executor
-from ray_pipeline.evaluation.generation import PREFIX, request_rows, to_sample
+from ray_pipeline.evaluation.checks import check_samples
+from ray_pipeline.evaluation.generation import PREFIX, add_second_turn, request_rows, second_turn_rows, to_sample
+from ray_pipeline.evaluation.judging import PREFIX as JUDGE_PREFIX
+from ray_pipeline.evaluation.judging import judge_rows, rated_samples
 from ray_pipeline.evaluation.sandbox import isolation_mode
 from ray_pipeline.evaluation.sharding import Shard, format_shard, normalise, select
 from ray_pipeline.core.executor import connect, run_stage
@@ -68,7 +76,7 @@ def preflight(job: EvalJob, local: bool = True) -> tuple[list[Suite], dict[str, 
             load_template(model.template)
     suites = load_suites(job.benchmarks)
     skipped: dict[str, str] = {}
-    if local:
+    if local and any(s.runs_programs for s in suites):
         from ray_pipeline.evaluation.sandbox import Sandbox, SandboxError
 
         try:
@@ -76,7 +84,7 @@ def preflight(job: EvalJob, local: bool = True) -> tuple[list[Suite], dict[str, 
         except SandboxError as err:
             raise EvaluationError(f"cannot score programs: {err}") from None
         cfg = job.sandbox.model_dump()
-        for suite in suites:
+        for suite in (s for s in suites if s.runs_programs):
             executor = make_executor(suite.spec(), cfg)
             try:
                 reason = executor.unavailable_reason()
@@ -123,17 +131,20 @@ class EvaluationRun:
 
         samples: list[dict[str, Any]] = []
         generation: dict[str, Any] = {}
+        benchmarks = {b.name: b for b in job.benchmarks}
         for model in job.models:
             t_model = time.monotonic()
             name = configured_model_name(model.backend)
             modes = job.prompt_modes(model)  # per benchmark: its own prompt, else the model's
-            rows = request_rows(problems, model, job.sampling, job.seed, name, cache, modes)
+            rows = request_rows(problems, model, job.sampling, job.seed, name, cache, modes, benchmarks)
             # the model starts at the first answer the cache lacks: a shard with no task here, or a rerun with
             # every answer cached, starts none
             with TeacherCalls.lazy(model.backend, job.ray, self.run.cache_dir, self.run.log_dir) as calls:
                 answered = calls.run(rows, prefix=PREFIX)
+                model_samples = [to_sample(r, modes) for r in answered]
+                second = second_turn_rows(model_samples, answered, name, cache)  # MT-Bench's second turn
+                add_second_turn(model_samples, calls.run(second, prefix=PREFIX))
             tally = calls.tally
-            model_samples = [to_sample(r, modes) for r in answered]
             self.run.write_jsonl(f"samples/{model.label}.jsonl",
                                  ({k: v for k, v in s.items() if k != "problem"} for s in model_samples))
             samples += model_samples
@@ -148,7 +159,12 @@ class EvaluationRun:
                      generation[model.label]["errors"], time.monotonic() - t_model)
 
         t_score = time.monotonic()
-        scored = self._score(samples, suites)
+        scored = self._score([s for s in samples if s["suite"] in {x.name for x in suites if x.runs_programs}], suites)
+        scored += check_samples(samples, benchmarks)
+        judging = None
+        if any(s["suite"] == "mt_bench" for s in samples):
+            judged, judging = self._judge(samples, benchmarks["mt_bench"], cache)
+            scored += judged
         scored += _skipped_rows(suites, skipped, [m.label for m in job.models])
         score_s = time.monotonic() - t_score
         tasks = results.task_rows(scored, job.sampling.k)
@@ -175,10 +191,29 @@ class EvaluationRun:
             "statuses": _statuses(scored),
             "scoring": {"samples": len(samples), "wall_s": round(score_s, 2),
                         "nodes": sorted({r.get("node", "") for r in scored if r.get("node")})},
+            **({"judging": judging} if judging is not None else {}),
             "sandbox": _sandbox_record(job, isolation),
         }
         self.run.write_manifest(manifest)
         return manifest
+
+    def _judge(self, samples: list[dict[str, Any]], bench: Any, cache: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """MT-Bench: every answered turn rated by the judge (started lazily, its calls cached)."""
+        judge = bench.judge_config()
+        name = configured_model_name(judge)
+        t0 = time.monotonic()
+        rows = judge_rows(samples, name, cache, self.job.seed)
+        with TeacherCalls.lazy(judge, self.job.ray, self.run.cache_dir, self.run.log_dir) as calls:
+            judged = calls.run(rows, prefix=JUDGE_PREFIX)
+        scored = rated_samples(samples, judged)
+        tally = calls.tally
+        record = {"judge": name, "calls": tally.calls, "cache_hits": tally.cache_hits,
+                  "prompt_tokens": tally.prompt_tokens, "completion_tokens": tally.completion_tokens,
+                  "unrated_turns": sum(r is None for s in scored for r in s["ratings"]),
+                  "wall_s": round(time.monotonic() - t0, 2)}
+        log.info("mt_bench: %d turns judged by %s (%d calls, %d unrated)", len(rows), name, tally.calls,
+                 record["unrated_turns"])
+        return scored, record
 
     def _score(self, samples: list[dict[str, Any]], suites: list[Suite]) -> list[dict[str, Any]]:
         if not samples:

@@ -2,11 +2,16 @@
 
 Scored samples (one row per generated sample, with its verdict) become:
 - per-task rows (``results/<model>.jsonl``): n samples, c passed, pass@k, and
-  for evalplus the base-test counts too, with every sample's verdict;
+  for evalplus the base-test counts too, for IFEval the loose and instruction-level
+  counts, for MT-Bench the judge's ratings per turn, with every sample's verdict;
 - a summary (``summary.json``, ``summary.md``) laid out like the papers'
-  tables: HumanEval, HumanEval+, MBPP, MBPP+ and one column per MultiPL-E
-  language, one row per model, pass@k in percent. A language whose toolchain
-  is missing is "skipped" with the reason, never a 0;
+  tables: the TaCIE paper's MT-Bench (mean rating, 1-10), IFEval strict and loose
+  (prompt-level), GSM8K (exact match), then the IF paper's HumanEval, HumanEval+,
+  MBPP, MBPP+ and one column per MultiPL-E language; one row per model, pass@k
+  in percent (GSM8K and IFEval are pass@k of their own verdicts: with one greedy
+  sample, accuracy). A language whose toolchain is missing is "skipped" with the
+  reason, never a 0. ``details`` holds what a column does not show (IFEval's
+  instruction-level accuracies, MT-Bench per turn and category, judge failures);
 - ``compare``: several summaries (models, checkpoints, sweep shards' merged
   runs) in one table, with each model's difference from the first.
 """
@@ -27,9 +32,19 @@ class Column:
     title: str
     suite: str  # "humaneval", "multiple-java"
     plus: bool  # evalplus: base and plus tests (True) or base tests only (False); MultiPL-E: True
+    count: str = ""  # the per-task count pass@k is computed from (default: passed, or base_passed when not plus)
+    score: bool = False  # a mean rating (MT-Bench, 1-10), not pass@k
+
+    @property
+    def counted(self) -> str:
+        return self.count or ("passed" if self.plus else "base_passed")
 
 
 COLUMNS: tuple[Column, ...] = (
+    Column("mt_bench", "MT-Bench", "mt_bench", True, score=True),
+    Column("ifeval_strict", "IFEval strict", "ifeval", True),
+    Column("ifeval_loose", "IFEval loose", "ifeval", True, count="loose_passed"),
+    Column("gsm8k", "GSM8K", "gsm8k", True),
     Column("humaneval", "HumanEval", "humaneval", False),
     Column("humaneval+", "HumanEval+", "humaneval", True),
     Column("mbpp", "MBPP", "mbpp", False),
@@ -57,14 +72,30 @@ def task_rows(scored: Iterable[dict[str, Any]], ks: Sequence[int]) -> list[dict[
                 cb = sum(bool(s["base_passed"]) for s in samples)
                 row["base_passed"] = cb
                 row["base_pass_at_k"] = {str(k): pass_at_k(n, cb, k) for k in ks if k <= n}
+        if suite == "ifeval" and not skipped:
+            row["loose_passed"] = sum(bool(s.get("loose_passed")) for s in samples)
+            row["loose_pass_at_k"] = {str(k): pass_at_k(n, row["loose_passed"], k) for k in ks if k <= n}
+            row["instructions"] = sum(len(s.get("instructions") or []) for s in samples)
+            row["inst_strict"] = sum(bool(i["strict"]) for s in samples for i in s.get("instructions") or [])
+            row["inst_loose"] = sum(bool(i["loose"]) for s in samples for i in s.get("instructions") or [])
+        if suite == "mt_bench" and not skipped:
+            row["category"] = next((s.get("category") for s in samples if s.get("category")), "")
+            row["ratings"] = [list(s.get("ratings") or []) for s in samples]
         row["samples"] = [
-            {key: s.get(key) for key in ("sample", "passed", "status", "base_passed", "base_status", "detail",
-                                         "generation_error", "finish_reason", "wall_s", "solution")}
+            {key: s.get(key) for key in SAMPLE_FIELDS if key in s or key in _ALWAYS}
             for s in samples
         ]
         rows.append(row)
     rows.sort(key=lambda r: (r["model"], r["suite"], _task_order(r["task_id"])))
     return rows
+
+
+#: what a task row keeps of each sample (the ones a benchmark does not have are left out, except _ALWAYS)
+SAMPLE_FIELDS = ("sample", "passed", "status", "base_passed", "base_status", "loose_passed", "detail", "instructions",
+                 "extracted", "reference", "ratings", "judgments", "generation_error", "finish_reason", "wall_s",
+                 "solution")
+_ALWAYS = ("sample", "passed", "status", "base_passed", "base_status", "detail", "generation_error", "finish_reason",
+           "wall_s", "solution")
 
 
 def _task_order(task_id: str) -> tuple[Any, ...]:
@@ -90,11 +121,62 @@ def summarise(tasks: list[dict[str, Any]], models: Sequence[str], ks: Sequence[i
                 reason = next((r["skipped"] for r in rows if "skipped" in r), "not run")
                 cells[col.key] = {"skipped": reason, "tasks": 0}
                 continue
-            counts = [(r["n"], r["passed"] if col.plus else r.get("base_passed", r["passed"])) for r in scored]
+            if col.score:
+                cells[col.key] = score_cell(scored)
+                continue
+            counts = [(r["n"], r.get(col.counted, r["passed"])) for r in scored]
             cells[col.key] = {"tasks": len(scored), **{f"pass@{k}": mean_pass_at_k(counts, k)
                                                         for k in ks if min(n for n, _ in counts) >= k}}
         table[model] = cells
-    return {"k": list(ks), "columns": [{"key": c.key, "title": c.title} for c in columns], "models": table}
+    summary: dict[str, Any] = {"k": list(ks), "columns": [{"key": c.key, "title": c.title, **({"score": True} if c.score else {})}
+                                                          for c in columns], "models": table}
+    details = {model: d for model in models if (d := _details(by_model_suite, model))}
+    if details:
+        summary["details"] = details
+    return summary
+
+
+def score_cell(tasks: list[dict[str, Any]]) -> dict[str, Any]:
+    """MT-Bench's cell: the mean of every parsed rating (both turns, every sample), as FastChat's show_result;
+    per turn; ratings the judge gave in no parsable form are counted as ``failed`` and left out of the means."""
+    turns: dict[int, list[float]] = defaultdict(list)
+    failed = 0
+    for task in tasks:
+        for sample in task.get("ratings") or []:
+            for turn, rating in enumerate(sample, 1):
+                if rating is None:
+                    failed += 1
+                else:
+                    turns[turn].append(float(rating))
+    every = [r for ratings in turns.values() for r in ratings]
+    cell: dict[str, Any] = {"tasks": len(tasks), "score": sum(every) / len(every) if every else None, "failed": failed}
+    for turn in sorted(turns):
+        cell[f"turn{turn}"] = sum(turns[turn]) / len(turns[turn])
+    return cell
+
+
+def _details(by_model_suite: dict[tuple[str, str], list[dict[str, Any]]], model: str) -> dict[str, Any]:
+    """What the columns do not show: IFEval's instruction-level accuracies, MT-Bench per category."""
+    out: dict[str, Any] = {}
+    ifeval = [r for r in by_model_suite.get((model, "ifeval"), []) if "skipped" not in r]
+    if ifeval:
+        total = sum(r.get("instructions", 0) for r in ifeval)
+        samples = sum(r["n"] for r in ifeval)
+        out["ifeval"] = {
+            "prompt_strict": sum(r["passed"] for r in ifeval) / samples,
+            "prompt_loose": sum(r.get("loose_passed", 0) for r in ifeval) / samples,
+            "inst_strict": sum(r.get("inst_strict", 0) for r in ifeval) / total if total else None,
+            "inst_loose": sum(r.get("inst_loose", 0) for r in ifeval) / total if total else None,
+            "prompts": len(ifeval), "instructions": total,
+        }
+    mt = [r for r in by_model_suite.get((model, "mt_bench"), []) if "skipped" not in r]
+    if mt:
+        by_category: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in mt:
+            by_category[r.get("category") or "?"].append(r)
+        out["mt_bench"] = {**score_cell(mt), "categories": {c: score_cell(rows)["score"]
+                                                            for c, rows in sorted(by_category.items())}}
+    return out
 
 
 def _cell(cell: dict[str, Any] | None, k: int, notes: dict[str, int]) -> str:
@@ -103,8 +185,18 @@ def _cell(cell: dict[str, Any] | None, k: int, notes: dict[str, int]) -> str:
     if "skipped" in cell:
         mark = notes.setdefault(cell["skipped"], len(notes) + 1)
         return f"skipped[{mark}]"
+    if "score" in cell:
+        return "–" if cell["score"] is None else f"{cell['score']:.2f}"
     value = cell.get(f"pass@{k}")
     return "–" if value is None else f"{100 * value:.1f}"
+
+
+def _value(cell: dict[str, Any], k: int) -> float | None:
+    """The number a cell shows, on the table's scale (percent, or a 1-10 rating)."""
+    if "score" in cell:
+        return cell["score"]
+    value = cell.get(f"pass@{k}")
+    return None if value is None else 100 * value
 
 
 def to_markdown(summary: dict[str, Any], title: str = "") -> str:
@@ -114,7 +206,8 @@ def to_markdown(summary: dict[str, Any], title: str = "") -> str:
     notes: dict[str, int] = {}
     lines: list[str] = [f"# {title}", ""] if title else []
     for k in summary["k"]:
-        lines += [f"pass@{k} (%)", "", "| Model | " + " | ".join(c["title"] for c in columns) + " |",
+        scale = f"pass@{k} (%)" + ("; MT-Bench: mean judge rating, 1-10" if any(c.get("score") for c in columns) else "")
+        lines += [scale, "", "| Model | " + " | ".join(c["title"] for c in columns) + " |",
                   "|---|" + "---:|" * len(columns)]
         for model in models:
             cells = summary["models"][model]
@@ -125,8 +218,8 @@ def to_markdown(summary: dict[str, Any], title: str = "") -> str:
                 diffs = []
                 for c in columns:
                     a, b = first.get(c["key"]) or {}, summary["models"][model].get(c["key"]) or {}
-                    va, vb = a.get(f"pass@{k}"), b.get(f"pass@{k}")
-                    diffs.append("–" if va is None or vb is None else f"{100 * (vb - va):+.1f}")
+                    va, vb = _value(a, k), _value(b, k)
+                    diffs.append("–" if va is None or vb is None else f"{vb - va:+.{2 if c.get('score') else 1}f}")
                 lines.append(f"| Δ {model} vs {models[0]} | " + " | ".join(diffs) + " |")
         lines.append("")
     for reason, mark in notes.items():
@@ -134,7 +227,32 @@ def to_markdown(summary: dict[str, Any], title: str = "") -> str:
     tasks = {c["key"]: max((m.get(c["key"], {}).get("tasks", 0) for m in summary["models"].values()), default=0)
              for c in columns}
     lines += ["", "Tasks per column: " + ", ".join(f"{c['title']} {tasks[c['key']]}" for c in columns), ""]
+    lines += _details_markdown(summary.get("details") or {})
     return "\n".join(lines)
+
+
+def _details_markdown(details: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    ifeval = {m: d["ifeval"] for m, d in details.items() if "ifeval" in d}
+    if ifeval:
+        lines += ["IFEval (%)", "", "| Model | prompt strict | prompt loose | instruction strict | instruction loose |",
+                  "|---|---:|---:|---:|---:|"]
+        for model, d in ifeval.items():
+            cells = [d["prompt_strict"], d["prompt_loose"], d["inst_strict"], d["inst_loose"]]
+            lines.append(f"| {model} | " + " | ".join("–" if v is None else f"{100 * v:.1f}" for v in cells) + " |")
+        lines.append("")
+    mt = {m: d["mt_bench"] for m, d in details.items() if "mt_bench" in d}
+    if mt:
+        categories = sorted({c for d in mt.values() for c in d["categories"]})
+        lines += ["MT-Bench (mean judge rating, 1-10)", "",
+                  "| Model | overall | turn 1 | turn 2 | " + " | ".join(categories) + " | unparsed ratings |",
+                  "|---|" + "---:|" * (len(categories) + 4)]
+        for model, d in mt.items():
+            cells = [d.get("score"), d.get("turn1"), d.get("turn2")] + [d["categories"].get(c) for c in categories]
+            lines.append(f"| {model} | " + " | ".join("–" if v is None else f"{v:.2f}" for v in cells)
+                         + f" | {d['failed']} |")
+        lines.append("")
+    return lines
 
 
 def compare(summaries: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
@@ -153,6 +271,15 @@ def compare(summaries: Sequence[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
             name = label if label not in models else f"{source}/{label}"
             models[name] = cells
     order = [c.key for c in COLUMNS if c.key in titles] + [k for k in keys if k not in {c.key for c in COLUMNS}]
-    ks = [k for k in sorted(ks) if all(f"pass@{k}" in cell or "skipped" in cell
+    scores = {c["key"] for _, summary in summaries for c in summary["columns"] if c.get("score")}
+    ks = [k for k in sorted(ks) if all(f"pass@{k}" in cell or "skipped" in cell or "score" in cell
                                        for cells in models.values() for cell in cells.values())]
-    return {"k": ks, "columns": [{"key": k, "title": titles[k]} for k in order], "models": models}
+    out: dict[str, Any] = {"k": ks, "columns": [{"key": k, "title": titles[k], **({"score": True} if k in scores else {})}
+                                               for k in order], "models": models}
+    details = {}
+    for source, summary in summaries:
+        for label, d in (summary.get("details") or {}).items():
+            details[label if label not in details else f"{source}/{label}"] = d
+    if details:
+        out["details"] = details
+    return out
