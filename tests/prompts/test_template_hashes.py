@@ -12,6 +12,8 @@ from tests.paths import REPO
 
 RELEASED = {
     "eval_instruct.v1.yaml": "d06c28a1cf1ca6b871414629207d63019f26da6e50974ac98ca53109c5a48e5f",
+    "eval_gsm8k.v1.yaml": "3ef25e8fbb48203ebf33d4cc7695d74c2a72aff1ae6cf289a3fde826f8874ee3",
+    "eval_gsm8k_completion.v1.yaml": "d2e16974b4f3b2c238ae97d650dca72816cf3211c3593993790f122fdec53722",
     "if_fusion.v1.yaml": "e23276d3db009900947630a3bc8fe2f0e77c5f7e7cf2c4d0a867c03cc7375156",
     "if_fusion.v2.yaml": "c122c1d7eb09121114012e88c04bda62a7f65fa9cc69d88cfff5a36c31ea42e1",
     "if_response.v1.yaml": "08d6dafea97a49770fa1b02c382fae753920cf9134ca54ce93a7147b379d5dae",
