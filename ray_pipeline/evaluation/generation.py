@@ -80,9 +80,9 @@ def first_request(problem: Problem, chat: bool, model: EvalModelConfig, sampling
     if problem.benchmark == "gsm8k":
         from ray_pipeline.evaluation import gsm8k
 
-        if not chat:
-            return ChatRequest.completion(gsm8k.completion_prompt(problem), dataclasses.replace(sampling, stop=gsm8k.STOP))
-        return ChatRequest.make(gsm8k.chat_messages(problem), sampling)
+        if not chat:  # "Question: ...\nAnswer:", stopped at the next "Question:" (problem.stop)
+            return ChatRequest.completion(gsm8k.completion_prompt(problem), sampling)
+        return ChatRequest.make(gsm8k.messages(problem), dataclasses.replace(sampling, stop=()))
     if problem.benchmark == "ifeval":  # the prompt as it is, the only input (lm-eval's ifeval task)
         if not chat:
             return ChatRequest.completion(problem.prompt, sampling)

@@ -71,8 +71,14 @@ def summary(manifest: dict[str, Any], run_dir: Any) -> int:
         parts = []
         for col in table["columns"]:
             cell = cells.get(col["key"], {})
-            value = cell.get(f"pass@{k}")
-            parts.append(f"{col['title']} {'skipped' if 'skipped' in cell else '-' if value is None else f'{100 * value:.1f}'}")
+            if "skipped" in cell:
+                shown = "skipped"
+            elif "score" in cell:  # MT-Bench: a mean rating, 1-10
+                shown = "-" if cell["score"] is None else f"{cell['score']:.2f}/10"
+            else:
+                value = cell.get(f"pass@{k}")
+                shown = "-" if value is None else f"{100 * value:.1f}"
+            parts.append(f"{col['title']} {shown}")
         gen = manifest["generation"][label]
         errors = f", {gen['errors']} generation errors" if gen["errors"] else ""
         print(f"{label}: pass@{k} " + ", ".join(parts) + f" ({gen['samples']} samples{errors})")
