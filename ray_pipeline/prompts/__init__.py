@@ -10,9 +10,12 @@ are written in: ``elements_format: plain`` (``Background Settings:`` and
 and ``1.item``, as in the paper's Appendix B). ``source:`` says where the text
 is from: ``paper`` (word for word; ``tests/prompts/test_paper_prompts.py`` compares it
 with ``../shared/papers``), ``authors_code`` (the papers' authors' public code,
-where the paper gives no prompt) or ``project`` (this project's wording, the
-default). ``fusion validate`` and every manifest name the templates a job uses
-and their source, and a run logs a warning for each that is not the papers'.
+where the paper gives no prompt), ``benchmark`` (a benchmark's own release, word
+for word: MT-Bench's judge prompts from FastChat's ``judge_prompts.jsonl``, which
+``tests/evaluation/test_mt_bench.py`` compares them with) or ``project`` (this
+project's wording, the default). ``fusion validate`` and every manifest name the
+templates a job uses and their source, and a run logs a warning for each that is
+not the papers'.
 The SHA-256 of the file's bytes is recorded on every output row, so a row
 always says exactly which prompt produced it.
 """
@@ -36,8 +39,9 @@ _DIR = Path(__file__).resolve().parent
 _REF = re.compile(r"^(?P<name>[a-z][a-z0-9_]*)@v(?P<version>\d+)$")
 PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 ELEMENTS_FORMATS = ("plain", "appendix_b")
-#: where a template's text comes from: a paper (word for word), the papers' authors' public code, or this project
-SOURCES = ("paper", "authors_code", "project")
+#: where a template's text comes from: a paper (word for word), the papers' authors' public code, a benchmark's
+#: own release (word for word), or this project
+SOURCES = ("paper", "authors_code", "benchmark", "project")
 
 
 @dataclass(frozen=True)
