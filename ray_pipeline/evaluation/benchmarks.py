@@ -53,7 +53,8 @@ def load_suites(benchmarks: list[EvalBenchmarkConfig]) -> list[Suite]:
             suites.append(Suite(bench.name, bench.name, "python", bench.path, data.as_problems()))
         elif bench.name in TEXT_BENCHMARKS:
             module = importlib.import_module(f"ray_pipeline.evaluation.{bench.name}")
-            problems = module.load_problems(bench.path, limit=bench.limit, tasks=bench.tasks)
+            extra = {"references": bench.references} if bench.name == "mt_bench" else {}
+            problems = module.load_problems(bench.path, limit=bench.limit, tasks=bench.tasks, **extra)
             suites.append(Suite(bench.name, bench.name, "", bench.path, problems))
         else:
             from ray_pipeline.evaluation.multiple_data import load_multiple

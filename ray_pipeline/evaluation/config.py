@@ -84,6 +84,10 @@ class EvalBenchmarkConfig(StrictModel):
         None, description="mt_bench: the judge (any teacher; a string is an OpenAI model, 'embedded' the bundled "
                           "one); default gpt-4 through the OpenAI API, MT-Bench's judge",
     )
+    references: str | None = Field(
+        None, description="mt_bench: FastChat's GPT-4 reference answers (reference_answer/gpt-4.jsonl; default: beside "
+                          "question.jsonl, as FastChat lays them out); the hub copy of the questions has none",
+    )
     category_temperatures: bool = Field(
         True, description="mt_bench: FastChat's temperature per category (writing, roleplay 0.7; stem, humanities "
                           "0.1; the rest 0); false: sampling.temperature for every question",
@@ -121,7 +125,7 @@ class EvalBenchmarkConfig(StrictModel):
             raise ValueError("languages: listed twice")
         given = self.model_fields_set
         for key, only in (("languages", "multiple"), ("answer_pattern", "gsm8k"), ("judge", "mt_bench"),
-                          ("category_temperatures", "mt_bench")):
+                          ("references", "mt_bench"), ("category_temperatures", "mt_bench")):
             if key in given and self.name != only:
                 raise ValueError(f"{key}: only for {only}, not {self.name}")
         if self.name == "mt_bench" and self.prompt == "completion":
@@ -142,8 +146,9 @@ class EvalBenchmarkConfig(StrictModel):
     def judge_config(self) -> Any:
         """The MT-Bench judge: the job's, else GPT-4 through the OpenAI API (MT-Bench's default judge)."""
         from ray_pipeline.core.config import OpenAITeacherConfig
+        from ray_pipeline.evaluation.mt_bench import JUDGE_MODEL
 
-        return self.judge if self.judge is not None else OpenAITeacherConfig(model="gpt-4")
+        return self.judge if self.judge is not None else OpenAITeacherConfig(model=JUDGE_MODEL)
 
 
 class EvalSamplingConfig(StrictModel):
@@ -231,6 +236,7 @@ class EvalJob(JobCommon):
     def resolve_paths(self, base: Path) -> None:
         for bench in self.benchmarks:
             bench.path = relative_to_job(base, bench.path, must_exist=False)
+            bench.references = relative_to_job(base, bench.references, must_exist=False)
         for bench in self.benchmarks:
             if isinstance(bench.judge, VLLMTeacherConfig):
                 bench.judge.model = relative_to_job(base, bench.judge.model, must_exist=True)

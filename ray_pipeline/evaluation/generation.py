@@ -103,9 +103,9 @@ def _sampling(sampling: EvalSamplingConfig, seed: int, problem: Problem, bench: 
     if bench.answer_tokens is not None:
         changes["max_tokens"] = bench.answer_tokens
     if problem.benchmark == "mt_bench" and bench.category_temperatures:
-        from ray_pipeline.evaluation.mt_bench import CATEGORY_TEMPERATURE
+        from ray_pipeline.evaluation.mt_bench import generation_temperature
 
-        changes["temperature"] = CATEGORY_TEMPERATURE.get(problem.meta.get("category", ""), base.temperature)
+        changes["temperature"] = generation_temperature(problem)
     return dataclasses.replace(base, **changes) if changes else base
 
 

@@ -16,20 +16,19 @@ import json
 from typing import Any
 
 from ray_pipeline.core.determinism import derived_seed
+from ray_pipeline.evaluation.mt_bench import JUDGE_MAX_TOKENS, JUDGE_TEMPERATURE, judge_messages, parse_rating
 from ray_pipeline.evaluation.problems import Problem
 from ray_pipeline.teachers.base import ChatRequest, ChatResult, Sampling
 from ray_pipeline.teachers.rows import Answer, request_row
 
 PREFIX = "judge"
 #: FastChat's judge settings (common.py: chat_completion_openai at temperature 0, max_tokens 2048)
-JUDGE_SAMPLING = Sampling(temperature=0.0, top_p=1.0, max_tokens=2048)
+JUDGE_SAMPLING = Sampling(temperature=JUDGE_TEMPERATURE, top_p=1.0, max_tokens=JUDGE_MAX_TOKENS)
 
 
 def judge_rows(samples: list[dict[str, Any]], judge_name: str, cache: dict[str, ChatResult],
                job_seed: int) -> list[dict[str, Any]]:
     """One judge request per answered turn of every MT-Bench sample."""
-    from ray_pipeline.evaluation import mt_bench
-
     rows = []
     for sample in samples:
         if sample["suite"] != "mt_bench":
@@ -37,7 +36,7 @@ def judge_rows(samples: list[dict[str, Any]], judge_name: str, cache: dict[str, 
         problem = Problem.from_json(json.loads(sample["problem"]))
         answers = sample.get("answers") or []
         for turn in range(1, len(answers) + 1):
-            template, messages = mt_bench.judge_messages(problem, turn, answers[:turn])
+            template, messages = judge_messages(problem, turn, answers[:turn])
             seed = derived_seed(job_seed, "judge", sample["model"], problem.task_id, sample["sample"], turn)
             request = ChatRequest.make(messages, dataclasses.replace(JUDGE_SAMPLING, seed=seed))
             rows.append({**request_row(request, judge_name, cache), "model": sample["model"], "suite": "mt_bench",
@@ -49,8 +48,6 @@ def judge_rows(samples: list[dict[str, Any]], judge_name: str, cache: dict[str, 
 def rated_samples(samples: list[dict[str, Any]], judged: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Scored rows of the MT-Bench samples: ``ratings`` per turn (None: not answered, or no rating parsed),
     the judge's texts, ``status`` judged / judge_failed / generation_error."""
-    from ray_pipeline.evaluation import mt_bench
-
     by_sample: dict[tuple[str, str, int], dict[int, Answer]] = {}
     for row in judged:
         by_sample.setdefault((row["model"], row["task_id"], int(row["sample"])), {})[int(row["turn"])] = \
@@ -66,7 +63,7 @@ def rated_samples(samples: list[dict[str, Any]], judged: list[dict[str, Any]]) -
         for turn in (1, 2):
             got = turns.get(turn)
             judgments.append("" if got is None else (got.text or f"judge error: {got.error}"))
-            ratings.append(None if got is None or got.error else mt_bench.parse_rating(got.text))
+            ratings.append(None if got is None or got.error else parse_rating(got.text))
         status = ("generation_error" if sample["generation_error"] else
                   "judged" if all(r is not None for r in ratings) else "judge_failed")
         scored.append({
