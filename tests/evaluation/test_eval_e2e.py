@@ -153,3 +153,44 @@ def test_bad_eval_inputs_are_one_line_errors_before_any_work(tmp_path):
     assert not (tmp_path / "run").exists()  # nothing written
     r = fusion_cli("compare", str(tmp_path))
     assert r.returncode == 2 and "no summary.json" in r.stderr
+
+
+@pytest.mark.vllm
+def test_text_benchmarks_on_the_embedded_model_as_student_and_judge(tmp_path, served_gemma):
+    """GSM8K, IFEval and MT-Bench with Gemma 3 270M answering and judging; a rerun makes no call."""
+    require_shared()
+    bench = SHARED / "data/bench"
+    job = _eval_job(
+        tmp_path,
+        models=[{"label": "gemma", "backend": served_gemma, "prompt": "chat"}],
+        benchmarks=[
+            {"name": "gsm8k", "path": str(SHARED / "data/seeds/gsm8k/test.jsonl"), "limit": 2},
+            {"name": "ifeval", "path": str(bench / "ifeval/input_data.jsonl"), "limit": 2, "max_tokens": 128},
+            {"name": "mt_bench", "path": str(bench / "mt-bench/question.jsonl"), "tasks": ["81", "111"],
+             "max_tokens": 96, "judge": {**served_gemma, "max_retries": 1}},
+        ],
+    )
+    first = fusion_cli("run", str(job), timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = tmp_path / "run"
+    summary = json.loads((run / "summary.json").read_text())
+    assert [c["title"] for c in summary["columns"]] == ["MT-Bench", "IFEval strict", "IFEval loose", "GSM8K"]
+    cells = summary["models"]["gemma"]
+    assert 0.0 <= cells["gsm8k"]["pass@1"] <= 1.0 and cells["gsm8k"]["tasks"] == 2
+    assert 0.0 <= cells["ifeval_strict"]["pass@1"] <= cells["ifeval_loose"]["pass@1"] <= 1.0
+    mt = cells["mt_bench"]
+    assert mt["tasks"] == 2 and (mt["score"] is None or 1.0 <= mt["score"] <= 10.0)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["generation"]["gemma"]["calls"] == 2 + 2 + 2 * 2
+    judging = manifest["judging"]
+    assert judging["calls"] + judging["cache_hits"] == 4  # both turns of both questions
+    assert 0 <= judging["unrated_turns"] <= 4  # a small judge often omits [[n]]: recorded, not a crash
+    tasks = read_jsonl(run / "results" / "gemma.jsonl")
+    mt_rows = [t for t in tasks if t["suite"] == "mt_bench"]
+    assert all(len(t["ratings"][0]) == 2 and all(j for j in t["samples"][0]["judgments"]) for t in mt_rows)
+
+    again = fusion_cli("run", str(job), timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["generation"]["gemma"]["calls"] == 0 and manifest["judging"]["calls"] == 0
+    assert json.loads((run / "summary.json").read_text()) == summary
