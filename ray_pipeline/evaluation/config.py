@@ -84,6 +84,10 @@ class EvalBenchmarkConfig(StrictModel):
         None, description="mt_bench: the judge (any teacher; a string is an OpenAI model, 'embedded' the bundled "
                           "one); default gpt-4 through the OpenAI API, MT-Bench's judge",
     )
+    judge_max_tokens: int = Field(
+        2048, gt=0, description="mt_bench: the judge's answer length (FastChat's 2,048; a small judge model whose "
+                                "context is shorter needs less)",
+    )
     references: str | None = Field(
         None, description="mt_bench: FastChat's GPT-4 reference answers (reference_answer/gpt-4.jsonl; default: beside "
                           "question.jsonl, as FastChat lays them out); the hub copy of the questions has none",
@@ -125,7 +129,8 @@ class EvalBenchmarkConfig(StrictModel):
             raise ValueError("languages: listed twice")
         given = self.model_fields_set
         for key, only in (("languages", "multiple"), ("answer_pattern", "gsm8k"), ("judge", "mt_bench"),
-                          ("references", "mt_bench"), ("category_temperatures", "mt_bench")):
+                          ("references", "mt_bench"), ("judge_max_tokens", "mt_bench"),
+                          ("category_temperatures", "mt_bench")):
             if key in given and self.name != only:
                 raise ValueError(f"{key}: only for {only}, not {self.name}")
         if self.name == "mt_bench" and self.prompt == "completion":

@@ -26,9 +26,9 @@ PREFIX = "judge"
 JUDGE_SAMPLING = Sampling(temperature=JUDGE_TEMPERATURE, top_p=1.0, max_tokens=JUDGE_MAX_TOKENS)
 
 
-def judge_rows(samples: list[dict[str, Any]], judge_name: str, cache: dict[str, ChatResult],
-               job_seed: int) -> list[dict[str, Any]]:
-    """One judge request per answered turn of every MT-Bench sample."""
+def judge_rows(samples: list[dict[str, Any]], judge_name: str, cache: dict[str, ChatResult], job_seed: int,
+               max_tokens: int = JUDGE_MAX_TOKENS) -> list[dict[str, Any]]:
+    """One judge request per answered turn of every MT-Bench sample (``max_tokens``: the judge's answer length)."""
     rows = []
     for sample in samples:
         if sample["suite"] != "mt_bench":
@@ -38,7 +38,7 @@ def judge_rows(samples: list[dict[str, Any]], judge_name: str, cache: dict[str, 
         for turn in range(1, len(answers) + 1):
             template, messages = judge_messages(problem, turn, answers[:turn])
             seed = derived_seed(job_seed, "judge", sample["model"], problem.task_id, sample["sample"], turn)
-            request = ChatRequest.make(messages, dataclasses.replace(JUDGE_SAMPLING, seed=seed))
+            request = ChatRequest.make(messages, dataclasses.replace(JUDGE_SAMPLING, seed=seed, max_tokens=max_tokens))
             rows.append({**request_row(request, judge_name, cache), "model": sample["model"], "suite": "mt_bench",
                          "task_id": sample["task_id"], "sample": sample["sample"], "turn": turn,
                          "judge_template": template})

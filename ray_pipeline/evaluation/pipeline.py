@@ -202,7 +202,7 @@ class EvaluationRun:
         judge = bench.judge_config()
         name = configured_model_name(judge)
         t0 = time.monotonic()
-        rows = judge_rows(samples, name, cache, self.job.seed)
+        rows = judge_rows(samples, name, cache, self.job.seed, bench.judge_max_tokens)
         with TeacherCalls.lazy(judge, self.job.ray, self.run.cache_dir, self.run.log_dir) as calls:
             judged = calls.run(rows, prefix=JUDGE_PREFIX)
         scored = rated_samples(samples, judged)

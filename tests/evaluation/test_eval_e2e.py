@@ -167,7 +167,7 @@ def test_text_benchmarks_on_the_embedded_model_as_student_and_judge(tmp_path, se
             {"name": "gsm8k", "path": str(SHARED / "data/seeds/gsm8k/test.jsonl"), "limit": 2},
             {"name": "ifeval", "path": str(bench / "ifeval/input_data.jsonl"), "limit": 2, "max_tokens": 128},
             {"name": "mt_bench", "path": str(bench / "mt-bench/question.jsonl"), "tasks": ["81", "111"],
-             "max_tokens": 96, "judge": {**served_gemma, "max_retries": 1}},
+             "max_tokens": 96, "judge": {**served_gemma, "max_retries": 1}, "judge_max_tokens": 160},
         ],
     )
     first = fusion_cli("run", str(job), timeout=900)

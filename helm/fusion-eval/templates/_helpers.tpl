@@ -166,7 +166,7 @@ The sweep, expanded: {"items": [...]} as JSON, one item per model x benchmark (x
         {{- $_ := set $bench "languages" (list $lang) -}}
         {{- $benchKey = printf "%s-%s" $b.name $lang -}}
       {{- end -}}
-      {{- range $field := list "limit" "tasks" "path" "max_tokens" "answer_pattern" "judge" "references" "category_temperatures" -}}
+      {{- range $field := list "limit" "tasks" "path" "max_tokens" "answer_pattern" "judge" "judge_max_tokens" "references" "category_temperatures" -}}
         {{- if and (hasKey $b $field) (not (kindIs "invalid" (index $b $field))) -}}
           {{- $_ := set $bench $field (index $b $field) -}}
         {{- end -}}
