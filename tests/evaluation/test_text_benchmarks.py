@@ -39,7 +39,7 @@ def _responder(gsm8k):
         for question, number in right.items():
             if question in last:
                 return f"Step by step. The answer is {number}."
-        if "Natalia" in last or "Weng" in last or "Betty" in last:
+        if gsm8k[1]["question"].strip() in last:
             return "The answer is 123456."
         return "first" if last.startswith(("Compose", "Draft", "Imagine")) else "all lowercase words here."
 
