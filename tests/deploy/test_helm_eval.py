@@ -569,3 +569,29 @@ def test_install_calls_helm_install_or_upgrade_with_server_dry_run(monkeypatch: 
     assert all(kw["namespace"] == NAMESPACE and kw["chart"] == str(CHART) for _, kw in actions)
     assert actions[0][1]["values"]["sweep"]["name"] == "qwen-coder-endpoint"
     assert [kw["namespace"] for name, kw in calls if name == "config"] == [NAMESPACE, NAMESPACE]
+
+
+def test_every_benchmark_setting_of_a_job_can_be_set_in_a_sweep() -> None:
+    """The chart's benchmark schema names each job benchmark field, and the TaCIE paper's benchmarks (with an MT-Bench
+    judge) reach each item's job file as given."""
+    import json
+
+    from ray_pipeline.evaluation.config import EvalBenchmarkConfig
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    bench_schema = schema["properties"]["sweep"]["properties"]["benchmarks"]["items"]["properties"]
+    assert set(bench_schema) == set(EvalBenchmarkConfig.model_fields) - {"prompt"}
+    assert set(bench_schema["name"]["enum"]) == set(EvalBenchmarkConfig.model_fields["name"].annotation.__args__)
+    benchmarks = [{"name": "mt_bench", "judge": "gpt-4o", "judge_max_tokens": 1024, "references": "/data/gpt-4.jsonl",
+                   "category_temperatures": False},
+                  {"name": "ifeval", "max_tokens": 2048}, {"name": "gsm8k", "answer_pattern": "#### (\\d+)"}]
+    values = {"sweep": {"benchmarks": benchmarks}}
+    sweep.check_values(CHART, values)
+    jobs = [parse_job(yaml.safe_load(o["data"]["job.yaml"]))
+            for o in sweep.render(CHART, values, RELEASE, NAMESPACE) if o["kind"] == "ConfigMap"]
+    got = {j.benchmarks[0].name: j.benchmarks[0] for j in jobs}
+    assert set(got) == {"mt_bench", "ifeval", "gsm8k"}
+    assert got["mt_bench"].judge.kind == "openai" and got["mt_bench"].judge.model == "gpt-4o"
+    assert (got["mt_bench"].judge_max_tokens, got["mt_bench"].references) == (1024, "/data/gpt-4.jsonl")
+    assert got["mt_bench"].category_temperatures is False
+    assert got["ifeval"].answer_tokens == 2048 and got["gsm8k"].answer_pattern == "#### (\\d+)"
