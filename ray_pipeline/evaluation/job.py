@@ -32,6 +32,7 @@ def references(job: Any, refs: Any) -> None:
 
     from ray_pipeline.core.benchmark_data import NAMED_BENCHMARKS
     from ray_pipeline.core.references import CACHED, LOCAL, NOT_CHECKED
+    from ray_pipeline.evaluation.config import TEXT_BENCHMARKS
     from ray_pipeline.evaluation.evalplus_data import evalplus_cached
 
     for i, model in enumerate(job.models):
@@ -45,11 +46,19 @@ def references(job: Any, refs: Any) -> None:
             refs.add(where, "file", os.environ[env], LOCAL, f"${env}")
         elif bench.name == "multiple":
             refs.hub(where, NAMED_BENCHMARKS["multiple"].hub, "dataset", True, "MultiPL-E prompts")
+        elif bench.name in TEXT_BENCHMARKS:
+            named = NAMED_BENCHMARKS[bench.name]
+            config = f"config {named.hub_config}, " if named.hub_config else ""
+            refs.hub(where, named.hub, "dataset", True, f"{bench.name}: {config}split {named.split}")
         elif evalplus_cached(bench.name):
             refs.add(where, "benchmark data", f"evalplus {bench.name}", CACHED, "in evalplus's cache")
         else:
             refs.add(where, "benchmark data", f"evalplus {bench.name} release", NOT_CHECKED,
                      f"downloaded at run time; or set {env}", needed=True)
+        if bench.references:
+            refs.add(f"{where}.references", "file", bench.references, LOCAL)
+        if bench.name == "mt_bench":
+            refs.teacher(f"{where}.judge", bench.judge_config())
 
 
 def partial_validation(job: Any, refs: Any) -> dict[str, Any]:
