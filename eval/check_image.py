@@ -13,7 +13,11 @@
 - Data (unless ``--no-data``): HumanEval+ and MBPP+ load through ``load_evalplus``
   from ``$HUMANEVAL_OVERRIDE_PATH``/``$MBPP_OVERRIDE_PATH``, each MultiPL-E language
   through ``load_multiple`` from ``$FUSION_MULTIPLE_PATH``, with the task counts of
-  the pinned releases. Nothing is downloaded: an unset variable is a problem.
+  the pinned releases; GSM8K, IFEval and MT-Bench through their evaluation modules'
+  ``load_problems`` from ``$FUSION_GSM8K_PATH``, ``$FUSION_IFEVAL_PATH`` and
+  ``$FUSION_MT_BENCH_PATH`` (MT-Bench with FastChat's GPT-4 reference answers beside
+  its questions, attached to every math, reasoning and coding question), with the
+  problem counts of the pinned commits. Nothing is downloaded: an unset variable is a problem.
 
 Prints one line per check and exits 1 when any failed, naming each cause. The eval
 image's build runs it (``--compile``) as the runtime user, so an image that builds passes.
@@ -33,6 +37,10 @@ from pathlib import Path
 EVALPLUS_TASKS = {"humaneval": 164, "mbpp": 378}
 MULTIPLE_TASKS = {"java": 158, "js": 161, "cpp": 161, "php": 161, "swift": 158, "rs": 156}
 MULTIPLE_PATH_ENV = "FUSION_MULTIPLE_PATH"
+#: the TaCIE text benchmarks: problems in the pinned files (GSM8K's test split, IFEval's prompts, MT-Bench's questions)
+TEXT_TASKS = {"gsm8k": 1319, "ifeval": 541, "mt_bench": 80}
+#: MT-Bench questions judged against a reference answer: 10 each of math, reasoning and coding
+MT_BENCH_REFERENCED = 30
 BUILD_TIMEOUT_S = 300.0  # a cold first swiftc or javac run is slow; the executor's own limits are not checked here
 RUN_TIMEOUT_S = 60.0
 
@@ -123,6 +131,7 @@ def check_data(languages: list[str]) -> list[str]:
             problems.append(f"{dataset}: {count} tasks in ${OVERRIDE_ENV[dataset]}, expected {expected}")
         else:
             print(f"ok   {dataset}: {count} tasks from {os.environ[OVERRIDE_ENV[dataset]]}", flush=True)
+    problems += check_text_data()
     root = os.environ.get(MULTIPLE_PATH_ENV)
     if not root:
         return problems + [f"multiple: ${MULTIPLE_PATH_ENV} is not set (the data would come from the hub)"]
@@ -136,6 +145,39 @@ def check_data(languages: list[str]) -> list[str]:
             problems.append(f"multiple {language}: {count} problems in {root}, expected {MULTIPLE_TASKS[language]}")
         else:
             print(f"ok   multiple {language}: {count} problems from {root}", flush=True)
+    return problems
+
+
+def check_text_data() -> list[str]:
+    """Problems of the text benchmarks' data, loaded by each benchmark's own ``load_problems`` from its variable."""
+    import importlib
+
+    from ray_pipeline.core.benchmark_data import NAMED_BENCHMARKS
+    from ray_pipeline.core.errors import FusionError
+
+    problems = []
+    for benchmark, expected in TEXT_TASKS.items():
+        env = NAMED_BENCHMARKS[benchmark].env
+        if not os.environ.get(env):
+            problems.append(f"{benchmark}: ${env} is not set (the data would come from the hub)")
+            continue
+        try:
+            loaded = importlib.import_module(f"ray_pipeline.evaluation.{benchmark}").load_problems()
+        except FusionError as exc:
+            problems.append(f"{benchmark}: {exc}")
+            continue
+        if len(loaded) != expected:
+            problems.append(f"{benchmark}: {len(loaded)} problems in ${env}, expected {expected}")
+            continue
+        note = ""
+        if benchmark == "mt_bench":
+            referenced = sum(1 for p in loaded if len(p.meta.get("reference") or []) == 2)
+            if referenced != MT_BENCH_REFERENCED:
+                problems.append(f"{benchmark}: {referenced} questions carry a reference answer, "
+                                f"expected {MT_BENCH_REFERENCED} (math, reasoning, coding)")
+                continue
+            note = f", {referenced} with a reference answer"
+        print(f"ok   {benchmark}: {len(loaded)} problems{note} from {os.environ[env]}", flush=True)
     return problems
 
 

@@ -38,6 +38,25 @@ EXECUTORS = REPO / "ray_pipeline" / "evaluation" / "executors"
 EVAL_CHART_VALUES = REPO / "helm" / "fusion-eval" / "values.yaml"
 RAY_CHART_VALUES = REPO / "helm" / "fusion-ray" / "values.yaml"
 BENCH = SHARED / "data" / "bench"
+#: the text benchmarks' files in eval/bench.sha256 -> ../shared's copy (MT-Bench's references renamed there)
+TEXT_BENCH_FILES = {
+    "gsm8k/test.jsonl": SHARED / "data" / "seeds" / "gsm8k" / "test.jsonl",
+    "ifeval/input_data.jsonl": BENCH / "ifeval" / "input_data.jsonl",
+    "mt_bench/question.jsonl": BENCH / "mt-bench" / "question.jsonl",
+    "mt_bench/reference_answer/gpt-4.jsonl": BENCH / "mt-bench" / "reference_answer_gpt-4.jsonl",
+}
+#: each text benchmark file's (commit ARG, upstream repository and path, ../shared's SOURCE.md)
+TEXT_BENCH_SOURCES = {
+    "gsm8k/test.jsonl": ("GSM8K_COMMIT", "openai/grade-school-math", "grade_school_math/data/test.jsonl",
+                         SHARED / "data" / "seeds" / "gsm8k" / "SOURCE.md"),
+    "ifeval/input_data.jsonl": ("IFEVAL_COMMIT", "google-research/google-research",
+                                "instruction_following_eval/data/input_data.jsonl", BENCH / "ifeval" / "SOURCE.md"),
+    "mt_bench/question.jsonl": ("MT_BENCH_COMMIT", "lm-sys/FastChat", "fastchat/llm_judge/data/mt_bench/question.jsonl",
+                                BENCH / "mt-bench" / "SOURCE.md"),
+    "mt_bench/reference_answer/gpt-4.jsonl": ("MT_BENCH_COMMIT", "lm-sys/FastChat",
+                                              "fastchat/llm_judge/data/mt_bench/reference_answer/gpt-4.jsonl",
+                                              BENCH / "mt-bench" / "SOURCE.md"),
+}
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
 VAR = re.compile(r"\$\{(\w+)\}|\$(\w+)")
@@ -347,13 +366,19 @@ def test_bench_checksums_match_the_shared_data_and_the_conversion(tmp_path):
     assert sorted(langs) == sorted(["cpp", "java", "js", "php", "rs", "swift"])
     (tmp_path / "src").mkdir()
     (tmp_path / "multiple").mkdir()
+    assert set(TEXT_BENCH_FILES) <= set(entries), "a text benchmark file is not in eval/bench.sha256"
     for rel, digest in entries.items():
-        folder, name = rel.split("/")
-        if folder == "evalplus":
+        folder, _, name = rel.partition("/")
+        if rel in TEXT_BENCH_FILES:  # byte for byte ../shared's copy, whose SOURCE.md gives the digest where it has one
+            assert hashlib.sha256(TEXT_BENCH_FILES[rel].read_bytes()).hexdigest() == digest, rel
+            if folder != "gsm8k":  # GSM8K's SOURCE.md names the commit but gives no digest
+                assert digest in TEXT_BENCH_SOURCES[rel][3].read_text(), f"{rel}: not SOURCE.md's digest"
+        elif folder == "evalplus":
             assert hashlib.sha256((BENCH / "evalplus" / name).read_bytes()).hexdigest() == digest, rel
         elif folder == "multiple":
             assert hashlib.sha256((BENCH / "multipl-e" / name).read_bytes()).hexdigest() == digest, rel
-        else:  # upstream's JSON array: SOURCE.md says json.dumps(rows, indent=2) of the JSONL gives it back
+        else:  # src/: upstream's JSON array: SOURCE.md says json.dumps(rows, indent=2) of the JSONL gives it back
+            assert folder == "src", f"{rel}: eval/bench.sha256 lists a file the test does not compare"
             rows = [json.loads(line) for line in (BENCH / "multipl-e" / f"{name}l").read_text().splitlines()]
             rebuilt = json.dumps(rows, indent=2).encode()
             assert hashlib.sha256(rebuilt).hexdigest() == digest, rel
@@ -371,6 +396,23 @@ def test_bench_checksums_match_the_shared_data_and_the_conversion(tmp_path):
     for rel, digest in entries.items():
         if rel.startswith("multiple/"):
             assert hashlib.sha256((tmp_path / rel).read_bytes()).hexdigest() == digest, f"conversion of {rel}"
+
+
+def test_text_benchmarks_are_downloaded_at_the_commits_shared_took_them_from():
+    """GSM8K, IFEval and MT-Bench come from raw.githubusercontent.com at SOURCE.md's commit, and are checked."""
+    args = arg_defaults(EVAL_DOCKERFILE)
+    data_run = next(commands(r) for r in runs(EVAL_DOCKERFILE) if "SHA256SUMS" in r)
+    downloads = {m.group(1): expand(m.group(2), args) for c in data_run
+                 for m in [re.match(r"curl .*-o (\S+)\s+\"(https://[^\"]+)\"$", c)] if m}
+    checks = [m.group(1) for c in data_run for m in [re.match(r"grep -E '([^']+)' SHA256SUMS \| sha256sum -c", c)] if m]
+    for rel, (arg, repo, upstream, source_md) in TEXT_BENCH_SOURCES.items():
+        assert re.fullmatch(r"[0-9a-f]{40}", args.get(arg, "")), f"{arg} is not a pinned commit"
+        assert downloads.get(rel) == f"https://raw.githubusercontent.com/{repo}/{args[arg]}/{upstream}", rel
+        assert any(re.search(pattern, f"  {rel}") for pattern in checks), f"{rel} is never checked"
+        if source_md.is_file():
+            text = source_md.read_text()
+            assert repo in text and args[arg] in text, f"{arg}: not the commit {source_md} names"
+            assert upstream.rsplit("/", 1)[0] in text, f"{rel}: not the path {source_md} names"
 
 
 # ------------------------------------------------------------------ toolchains, jar, variables
@@ -429,6 +471,12 @@ def test_eval_image_variables_are_the_ones_the_code_reads():
     app_vars = [n for n in env if n.startswith("FUSION_") or n.endswith("_OVERRIDE_PATH")]
     assert {"HUMANEVAL_OVERRIDE_PATH", "MBPP_OVERRIDE_PATH", "FUSION_MULTIPLE_PATH",
             "FUSION_SANDBOX_ISOLATION", "FUSION_JAVATUPLES_JAR"} <= set(app_vars)
+    from ray_pipeline.core.benchmark_data import NAMED_BENCHMARKS
+
+    text_vars = {name: NAMED_BENCHMARKS[name].env for name in ("gsm8k", "ifeval", "mt_bench")}
+    assert text_vars == {"gsm8k": "FUSION_GSM8K_PATH", "ifeval": "FUSION_IFEVAL_PATH",
+                         "mt_bench": "FUSION_MT_BENCH_PATH"}
+    assert set(text_vars.values()) <= set(app_vars)
     assert env["FUSION_SANDBOX_ISOLATION"] == "pod"
     from ray_pipeline.evaluation import sandbox
 
@@ -448,12 +496,21 @@ def test_eval_image_variables_are_the_ones_the_code_reads():
     assert env["HUMANEVAL_OVERRIDE_PATH"] in listed and env["MBPP_OVERRIDE_PATH"] in listed
     assert {f"{env['FUSION_MULTIPLE_PATH']}/humaneval-{lang}-reworded.jsonl"
             for lang in ("java", "js", "cpp", "php", "swift", "rs")} <= listed
+    assert env["FUSION_GSM8K_PATH"] == f"{data_dir}/gsm8k/test.jsonl" in listed
+    assert env["FUSION_IFEVAL_PATH"] == f"{data_dir}/ifeval/input_data.jsonl" in listed
+    assert env["FUSION_MT_BENCH_PATH"] == f"{data_dir}/mt_bench/question.jsonl" in listed
+    # MT-Bench's GPT-4 reference answers lie where its loader looks beside the question file (FastChat's layout)
+    from ray_pipeline.evaluation import mt_bench
+
+    assert f"{Path(env['FUSION_MT_BENCH_PATH']).parent}/{mt_bench.REFERENCE_FILES[0]}" in listed
 
 
 # ------------------------------------------------------------------ eval/check_image.py
 def _check_image(args: list[str], env: dict[str, str], cwd: Path = REPO) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if k not in ("HUMANEVAL_OVERRIDE_PATH", "MBPP_OVERRIDE_PATH",
-                                                            "FUSION_MULTIPLE_PATH", "FUSION_JAVATUPLES_JAR")}
+                                                            "FUSION_MULTIPLE_PATH", "FUSION_JAVATUPLES_JAR",
+                                                            "FUSION_GSM8K_PATH", "FUSION_IFEVAL_PATH",
+                                                            "FUSION_MT_BENCH_PATH")}
     return subprocess.run([sys.executable, str(CHECK_IMAGE), *args], cwd=cwd, env={**base, **env},
                           capture_output=True, text=True, timeout=240)
 
@@ -469,7 +526,10 @@ def test_check_image_passes_with_this_machines_toolchains_and_the_shared_data():
     if (BENCH / "multipl-e" / "SOURCE.md").is_file():
         env = {"HUMANEVAL_OVERRIDE_PATH": str(BENCH / "evalplus/HumanEvalPlus-v0.1.10.jsonl.gz"),
                "MBPP_OVERRIDE_PATH": str(BENCH / "evalplus/MbppPlus-v0.2.0.jsonl.gz"),
-               "FUSION_MULTIPLE_PATH": str(BENCH / "multipl-e")}
+               "FUSION_MULTIPLE_PATH": str(BENCH / "multipl-e"),
+               "FUSION_GSM8K_PATH": str(TEXT_BENCH_FILES["gsm8k/test.jsonl"]),
+               "FUSION_IFEVAL_PATH": str(TEXT_BENCH_FILES["ifeval/input_data.jsonl"]),
+               "FUSION_MT_BENCH_PATH": str(TEXT_BENCH_FILES["mt_bench/question.jsonl"])}
         data = []
     done = _check_image(["--compile", "--languages", ",".join(present), *data], env)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -477,6 +537,8 @@ def test_check_image_passes_with_this_machines_toolchains_and_the_shared_data():
         assert f"ok   {lang}: a passing program exits 0, a failing assertion does not" in done.stdout
     if not data:
         assert "ok   humaneval: 164 tasks" in done.stdout and "ok   mbpp: 378 tasks" in done.stdout
+        assert "ok   gsm8k: 1319 problems" in done.stdout and "ok   ifeval: 541 problems" in done.stdout
+        assert "ok   mt_bench: 80 problems, 30 with a reference answer" in done.stdout
 
 
 def test_check_image_names_every_missing_toolchain_and_data_file(tmp_path):
@@ -485,6 +547,8 @@ def test_check_image_names_every_missing_toolchain_and_data_file(tmp_path):
     assert done.returncode == 1
     for line in ("js: node not found", "cpp: g++ not found", "php: php not found",
                  "humaneval: $HUMANEVAL_OVERRIDE_PATH is not set", "mbpp: $MBPP_OVERRIDE_PATH is not set",
+                 "gsm8k: $FUSION_GSM8K_PATH is not set", "ifeval: $FUSION_IFEVAL_PATH is not set",
+                 "mt_bench: $FUSION_MT_BENCH_PATH is not set",
                  f"MultiPL-E data file not found: {tmp_path}/humaneval-js-reworded.jsonl"):
         assert line in done.stderr, done.stderr
 
