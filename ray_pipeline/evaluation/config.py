@@ -48,8 +48,6 @@ class EvalModelConfig(StrictModel):
 #: the benchmarks an eval job runs: the IF paper's code benchmarks and the TaCIE paper's instruction benchmarks
 CODE_BENCHMARKS = ("humaneval", "mbpp", "multiple")
 TEXT_BENCHMARKS = ("gsm8k", "ifeval", "mt_bench")
-#: the answer length a benchmark's reference harness uses, where it is not the job's sampling.max_tokens
-BENCHMARK_MAX_TOKENS = {"ifeval": 1280, "mt_bench": 1024}  # lm-eval's ifeval max_gen_toks; FastChat's max_new_token
 
 
 def _judge_shorthand(value: Any) -> Any:
@@ -146,7 +144,17 @@ class EvalBenchmarkConfig(StrictModel):
     @property
     def answer_tokens(self) -> int | None:
         """The answer length this benchmark asks for: its own, else its harness's, else None (the job's)."""
-        return self.max_tokens or BENCHMARK_MAX_TOKENS.get(self.name)
+        if self.max_tokens is not None:
+            return self.max_tokens
+        if self.name == "ifeval":
+            from ray_pipeline.evaluation.ifeval import MAX_GEN_TOKENS  # lm-eval's ifeval max_gen_toks
+
+            return MAX_GEN_TOKENS
+        if self.name == "mt_bench":
+            from ray_pipeline.evaluation.mt_bench import MAX_NEW_TOKENS  # FastChat's max_new_token
+
+            return MAX_NEW_TOKENS
+        return None
 
     def judge_config(self) -> Any:
         """The MT-Bench judge: the job's, else GPT-4 through the OpenAI API (MT-Bench's default judge)."""

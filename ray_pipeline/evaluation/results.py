@@ -75,9 +75,6 @@ def task_rows(scored: Iterable[dict[str, Any]], ks: Sequence[int]) -> list[dict[
         if suite == "ifeval" and not skipped:
             row["loose_passed"] = sum(bool(s.get("loose_passed")) for s in samples)
             row["loose_pass_at_k"] = {str(k): pass_at_k(n, row["loose_passed"], k) for k in ks if k <= n}
-            row["instructions"] = sum(len(s.get("instructions") or []) for s in samples)
-            row["inst_strict"] = sum(bool(i["strict"]) for s in samples for i in s.get("instructions") or [])
-            row["inst_loose"] = sum(bool(i["loose"]) for s in samples for i in s.get("instructions") or [])
         if suite == "mt_bench" and not skipped:
             row["category"] = next((s.get("category") for s in samples if s.get("category")), "")
             row["ratings"] = [list(s.get("ratings") or []) for s in samples]
@@ -136,46 +133,45 @@ def summarise(tasks: list[dict[str, Any]], models: Sequence[str], ks: Sequence[i
     return summary
 
 
+def _ratings(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """MT-Bench task rows as ``mt_bench.summarise``'s rows: one per (sample, turn)."""
+    return [{"task_id": task["task_id"], "category": task.get("category", ""), "turn": turn, "rating": rating}
+            for task in tasks for sample in task.get("ratings") or [] for turn, rating in enumerate(sample, 1)]
+
+
 def score_cell(tasks: list[dict[str, Any]]) -> dict[str, Any]:
-    """MT-Bench's cell: the mean of every parsed rating (both turns, every sample), as FastChat's show_result;
-    per turn; ratings the judge gave in no parsable form are counted as ``failed`` and left out of the means."""
-    turns: dict[int, list[float]] = defaultdict(list)
-    failed = 0
-    for task in tasks:
-        for sample in task.get("ratings") or []:
-            for turn, rating in enumerate(sample, 1):
-                if rating is None:
-                    failed += 1
-                else:
-                    turns[turn].append(float(rating))
-    every = [r for ratings in turns.values() for r in ratings]
-    cell: dict[str, Any] = {"tasks": len(tasks), "score": sum(every) / len(every) if every else None, "failed": failed}
-    for turn in sorted(turns):
-        cell[f"turn{turn}"] = sum(turns[turn]) / len(turns[turn])
-    return cell
+    """MT-Bench's cell (``mt_bench.summarise``: the mean of every parsed rating of both turns, as FastChat's
+    show_result; per turn); ratings the judge gave in no parsable form are ``failed``, left out of the means."""
+    from ray_pipeline.evaluation import mt_bench
+
+    got = mt_bench.summarise(_ratings(tasks))
+    return {"tasks": len(tasks), "score": got["score"], "failed": got["failed"],
+            **{turn: got[turn] for turn in ("turn1", "turn2") if got[turn] is not None}}
 
 
 def _details(by_model_suite: dict[tuple[str, str], list[dict[str, Any]]], model: str) -> dict[str, Any]:
-    """What the columns do not show: IFEval's instruction-level accuracies, MT-Bench per category."""
+    """What the columns do not show: IFEval's four accuracies (``ifeval.summarise`` over every sample's
+    verdict), GSM8K's answers without a number and failed generations (``gsm8k.summarise``), MT-Bench per turn
+    and category (``mt_bench.summarise``)."""
     out: dict[str, Any] = {}
-    ifeval = [r for r in by_model_suite.get((model, "ifeval"), []) if "skipped" not in r]
-    if ifeval:
-        total = sum(r.get("instructions", 0) for r in ifeval)
-        samples = sum(r["n"] for r in ifeval)
-        out["ifeval"] = {
-            "prompt_strict": sum(r["passed"] for r in ifeval) / samples,
-            "prompt_loose": sum(r.get("loose_passed", 0) for r in ifeval) / samples,
-            "inst_strict": sum(r.get("inst_strict", 0) for r in ifeval) / total if total else None,
-            "inst_loose": sum(r.get("inst_loose", 0) for r in ifeval) / total if total else None,
-            "prompts": len(ifeval), "instructions": total,
-        }
+    ifeval_tasks = [r for r in by_model_suite.get((model, "ifeval"), []) if "skipped" not in r]
+    if ifeval_tasks:
+        from ray_pipeline.evaluation import ifeval
+
+        got = ifeval.summarise(s for r in ifeval_tasks for s in r["samples"])
+        out["ifeval"] = {**{k: got[k] for k in ("prompt_strict", "prompt_loose", "inst_strict", "inst_loose")},
+                         "prompts": len(ifeval_tasks), "instructions": got["instructions"]}
+    gsm8k_tasks = [r for r in by_model_suite.get((model, "gsm8k"), []) if "skipped" not in r]
+    if gsm8k_tasks:
+        from ray_pipeline.evaluation import gsm8k
+
+        out["gsm8k"] = gsm8k.summarise(s for r in gsm8k_tasks for s in r["samples"])  # with answers holding no number
     mt = [r for r in by_model_suite.get((model, "mt_bench"), []) if "skipped" not in r]
     if mt:
-        by_category: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for r in mt:
-            by_category[r.get("category") or "?"].append(r)
-        out["mt_bench"] = {**score_cell(mt), "categories": {c: score_cell(rows)["score"]
-                                                            for c, rows in sorted(by_category.items())}}
+        from ray_pipeline.evaluation import mt_bench
+
+        got = mt_bench.summarise(_ratings(mt))
+        out["mt_bench"] = {**score_cell(mt), "categories": got["categories"]}
     return out
 
 
@@ -243,7 +239,7 @@ def _details_markdown(details: dict[str, Any]) -> list[str]:
         lines.append("")
     mt = {m: d["mt_bench"] for m, d in details.items() if "mt_bench" in d}
     if mt:
-        categories = sorted({c for d in mt.values() for c in d["categories"]})
+        categories = list(dict.fromkeys(c for d in mt.values() for c in d["categories"]))  # MT-Bench's order
         lines += ["MT-Bench (mean judge rating, 1-10)", "",
                   "| Model | overall | turn 1 | turn 2 | " + " | ".join(categories) + " | unparsed ratings |",
                   "|---|" + "---:|" * (len(categories) + 4)]

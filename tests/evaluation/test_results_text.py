@@ -39,6 +39,8 @@ def test_the_tacie_columns_and_details_are_computed_by_hand():
     ifeval = summary["details"]["m"]["ifeval"]
     assert (ifeval["inst_strict"], ifeval["inst_loose"], ifeval["instructions"]) == (pytest.approx(2 / 3), 1.0, 3)
     assert summary["details"]["m"]["mt_bench"]["categories"] == {"math": 4.0, "writing": 8.0}
+    assert summary["details"]["m"]["gsm8k"] == {"accuracy": pytest.approx(2 / 3), "tasks": 3, "no_answer": 0,
+                                                "errors": 0}
     md = results.to_markdown(summary, title="t")
     assert "| Model | MT-Bench | IFEval strict | IFEval loose | GSM8K |" in md
     assert "| m | 6.67 | 50.0 | 100.0 | 66.7 |" in md
