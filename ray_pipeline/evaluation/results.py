@@ -241,7 +241,7 @@ def _details_markdown(details: dict[str, Any]) -> list[str]:
     if mt:
         categories = list(dict.fromkeys(c for d in mt.values() for c in d["categories"]))  # MT-Bench's order
         lines += ["MT-Bench (mean judge rating, 1-10)", "",
-                  "| Model | overall | turn 1 | turn 2 | " + " | ".join(categories) + " | unparsed ratings |",
+                  "| Model | overall | turn 1 | turn 2 | " + " | ".join(categories) + " | unrated turns |",
                   "|---|" + "---:|" * (len(categories) + 4)]
         for model, d in mt.items():
             cells = [d.get("score"), d.get("turn1"), d.get("turn2")] + [d["categories"].get(c) for c in categories]
