@@ -451,3 +451,19 @@ def test_pod_isolation_scores_like_bwrap():
         verdicts[isolation] = [{**executors[s].score(p, sol).to_json(), "wall_s": None} for s, p, sol in cases]
     assert [v["passed"] for v in verdicts["pod"]] == [True, False, True, False]
     assert verdicts["pod"] == verdicts["bwrap"]
+
+
+def test_shards_of_the_text_benchmarks_merge_to_the_whole_table(tmp_path):
+    """GSM8K, IFEval and MT-Bench shards merge into the table (and details) of all their tasks."""
+    from tests.evaluation.test_results_text import _scored
+
+    rows = results.task_rows(_scored(), [1])
+    root = tmp_path / "published"
+    for i in range(2):
+        run = _fake_run(tmp_path / f"run{i}", "tacie-sweep", _shard_rows(rows, (i, 2)), ["m"], [1], 1, shard=(i, 2))
+        publish_run(run, str(root / "item" / f"shard-{i}"))
+    merged = merge_published(str(root))
+    whole = results.summarise(rows, ["m"], [1])
+    assert merged["models"] == whole["models"] and merged["details"] == whole["details"]
+    assert merged["models"]["m"]["mt_bench"]["score"] == pytest.approx(20 / 3)
+    assert "| Model | MT-Bench | IFEval strict | IFEval loose | GSM8K |" in merged["markdown"]
