@@ -90,46 +90,70 @@ def _eval_job(tmp_path, **over):
 @needs_bwrap
 @pytest.mark.vllm
 def test_eval_job_on_the_embedded_model_writes_the_tables_and_resumes_from_its_cache(tmp_path, served_gemma):
-    """Gemma 3 270M behind the run's shared vLLM server (``served_gemma``), in completion mode."""
+    """Gemma 3 270M behind the run's shared vLLM server (``served_gemma``): the code benchmarks in completion
+    mode, and the TaCIE paper's GSM8K, IFEval and MT-Bench as chat, the same model answering and judging."""
     require_shared()
+    bench = SHARED / "data/bench"
+    text = [
+        {"name": "gsm8k", "path": str(SHARED / "data/seeds/gsm8k/test.jsonl"), "limit": 1, "prompt": "chat"},
+        {"name": "ifeval", "path": str(bench / "ifeval/input_data.jsonl"), "limit": 1, "max_tokens": 64,
+         "prompt": "chat"},
+        # a math question: both turns judged with GPT-4's reference answer
+        {"name": "mt_bench", "path": str(bench / "mt-bench/question.jsonl"), "tasks": ["111"], "max_tokens": 64,
+         "judge": {**served_gemma, "max_retries": 1}, "judge_max_tokens": 96},
+    ]
     job = _eval_job(tmp_path, models=[{"label": "gemma-base", "backend": served_gemma, "prompt": "completion"}])
+    spec = yaml.safe_load(job.read_text())
+    spec["benchmarks"] += text
+    job.write_text(yaml.safe_dump(spec))
     first = fusion_cli("run", str(job), timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
     run = tmp_path / "run"
     summary = json.loads((run / "summary.json").read_text())
     titles = [c["title"] for c in summary["columns"]]
-    assert titles == ["HumanEval", "HumanEval+", "MBPP", "MBPP+", "JavaScript", "C++", "Swift"]
+    assert titles == ["MT-Bench", "IFEval strict", "IFEval loose", "GSM8K",
+                      "HumanEval", "HumanEval+", "MBPP", "MBPP+", "JavaScript", "C++", "Swift"]
     cells = summary["models"]["gemma-base"]
     for key in ("humaneval", "humaneval+", "mbpp", "mbpp+", "js", "cpp"):
         assert 0.0 <= cells[key]["pass@1"] <= 1.0 and cells[key]["tasks"] > 0
     assert cells["humaneval+"]["pass@1"] <= cells["humaneval"]["pass@1"]
     if shutil.which("swiftc") is None:
         assert "swiftc" in cells["swift"]["skipped"]
+    assert cells["gsm8k"]["tasks"] == 1 and 0.0 <= cells["gsm8k"]["pass@1"] <= 1.0
+    assert 0.0 <= cells["ifeval_strict"]["pass@1"] <= cells["ifeval_loose"]["pass@1"] <= 1.0
+    mt = cells["mt_bench"]
+    assert mt["tasks"] == 1 and (mt["score"] is None or 1.0 <= mt["score"] <= 10.0)
     tasks = read_jsonl(run / "results" / "gemma-base.jsonl")
     assert {(t["suite"], t["task_id"]) for t in tasks} == {
         ("humaneval", "HumanEval/0"), ("humaneval", "HumanEval/23"), ("mbpp", "Mbpp/2"), ("mbpp", "Mbpp/3"),
         ("multiple-js", "HumanEval_23_strlen"), ("multiple-cpp", "HumanEval_23_strlen"),
-        ("multiple-swift", "HumanEval_23_strlen")}
+        ("multiple-swift", "HumanEval_23_strlen"), ("gsm8k", "gsm8k/0"), ("ifeval", "1000"), ("mt_bench", "111")}
+    mt_task = next(t for t in tasks if t["suite"] == "mt_bench")
+    assert len(mt_task["ratings"][0]) == 2 and all(mt_task["samples"][0]["judgments"])
     statuses = {t["suite"]: t["samples"][0]["status"] for t in tasks}
     assert statuses["humaneval"] in ("pass", "fail", "timeout")
     assert statuses["multiple-js"] in ("OK", "SyntaxError", "Exception", "AssertionError", "ReferenceError", "Timeout")
     if shutil.which("swiftc") is None:
         assert statuses["multiple-swift"] == "skipped"
     samples = read_jsonl(run / "samples" / "gemma-base.jsonl")
-    assert len(samples) == 6 and all(s["answer"] or s["generation_error"] for s in samples)
+    assert len(samples) == 9 and all(s["answer"] or s["generation_error"] for s in samples)
     he = next(s for s in samples if s["task_id"] == "HumanEval/23")
     assert he["solution"].lstrip().startswith("def strlen")  # the prompt + completion, sanitised
     md = (run / "summary.md").read_text()
-    assert "| Model | HumanEval | HumanEval+ | MBPP | MBPP+ | JavaScript | C++ | Swift |" in md
+    assert ("| Model | MT-Bench | IFEval strict | IFEval loose | GSM8K | HumanEval | HumanEval+ | MBPP | MBPP+ | "
+            "JavaScript | C++ | Swift |") in md
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["generation"]["gemma-base"]["calls"] == 6
-    assert "gemma-base: pass@1 HumanEval" in first.stdout
+    assert manifest["generation"]["gemma-base"]["calls"] == 6 + 1 + 1 + 2  # MT-Bench: two turns
+    judging = manifest["judging"]
+    assert judging["calls"] == 2 and 0 <= judging["unrated_turns"] <= 2  # a small judge may omit [[n]]: recorded
+    assert "gemma-base: pass@1 MT-Bench" in first.stdout and "HumanEval" in first.stdout
 
     again = fusion_cli("run", str(job), timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["generation"]["gemma-base"]["calls"] == 0  # every answer came from the run's cache
-    assert manifest["generation"]["gemma-base"]["cache_hits"] == 6
+    assert manifest["generation"]["gemma-base"]["cache_hits"] == 10
+    assert manifest["judging"]["calls"] == 0 and manifest["judging"]["cache_hits"] == 2  # and every judgment
     assert json.loads((run / "summary.json").read_text()) == summary
 
     compared = fusion_cli("compare", str(run), str(run / "summary.json"), "--out", str(tmp_path / "cmp"))
@@ -154,43 +178,3 @@ def test_bad_eval_inputs_are_one_line_errors_before_any_work(tmp_path):
     r = fusion_cli("compare", str(tmp_path))
     assert r.returncode == 2 and "no summary.json" in r.stderr
 
-
-@pytest.mark.vllm
-def test_text_benchmarks_on_the_embedded_model_as_student_and_judge(tmp_path, served_gemma):
-    """GSM8K, IFEval and MT-Bench with Gemma 3 270M answering and judging; a rerun makes no call."""
-    require_shared()
-    bench = SHARED / "data/bench"
-    job = _eval_job(
-        tmp_path,
-        models=[{"label": "gemma", "backend": served_gemma, "prompt": "chat"}],
-        benchmarks=[
-            {"name": "gsm8k", "path": str(SHARED / "data/seeds/gsm8k/test.jsonl"), "limit": 2},
-            {"name": "ifeval", "path": str(bench / "ifeval/input_data.jsonl"), "limit": 2, "max_tokens": 128},
-            {"name": "mt_bench", "path": str(bench / "mt-bench/question.jsonl"), "tasks": ["81", "111"],
-             "max_tokens": 96, "judge": {**served_gemma, "max_retries": 1}, "judge_max_tokens": 160},
-        ],
-    )
-    first = fusion_cli("run", str(job), timeout=900)
-    assert first.returncode == 0, first.stderr[-3000:]
-    run = tmp_path / "run"
-    summary = json.loads((run / "summary.json").read_text())
-    assert [c["title"] for c in summary["columns"]] == ["MT-Bench", "IFEval strict", "IFEval loose", "GSM8K"]
-    cells = summary["models"]["gemma"]
-    assert 0.0 <= cells["gsm8k"]["pass@1"] <= 1.0 and cells["gsm8k"]["tasks"] == 2
-    assert 0.0 <= cells["ifeval_strict"]["pass@1"] <= cells["ifeval_loose"]["pass@1"] <= 1.0
-    mt = cells["mt_bench"]
-    assert mt["tasks"] == 2 and (mt["score"] is None or 1.0 <= mt["score"] <= 10.0)
-    manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["generation"]["gemma"]["calls"] == 2 + 2 + 2 * 2
-    judging = manifest["judging"]
-    assert judging["calls"] + judging["cache_hits"] == 4  # both turns of both questions
-    assert 0 <= judging["unrated_turns"] <= 4  # a small judge often omits [[n]]: recorded, not a crash
-    tasks = read_jsonl(run / "results" / "gemma.jsonl")
-    mt_rows = [t for t in tasks if t["suite"] == "mt_bench"]
-    assert all(len(t["ratings"][0]) == 2 and all(j for j in t["samples"][0]["judgments"]) for t in mt_rows)
-
-    again = fusion_cli("run", str(job), timeout=900)
-    assert again.returncode == 0, again.stderr[-3000:]
-    manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["generation"]["gemma"]["calls"] == 0 and manifest["judging"]["calls"] == 0
-    assert json.loads((run / "summary.json").read_text()) == summary
