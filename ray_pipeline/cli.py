@@ -171,11 +171,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from ray_pipeline.jobs import validate_job
+    from ray_pipeline.teachers.estimate import summary_line
 
     job = load_job(args.job)
     report = validate_job(job)
     for line in report["not_checked_offline"]:
         print(f"not checked offline: {line}", file=sys.stderr)
+    if report.get("estimate"):
+        print(summary_line(report["estimate"]), file=sys.stderr)
     print(json.dumps(report, indent=2, default=str))
     return 0
 

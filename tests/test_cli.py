@@ -23,6 +23,9 @@ def test_validate_reads_the_seeds_and_starts_nothing(tmp_path, code_alpaca):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert summary["seeds"]["seeds"] == 40
+    # M = 4: ceil(4 / 0.8) fusions and 4 responses expected; at most the budget, 16, and 4
+    assert summary["estimate"]["calls"] == {"expected": 9, "at_most": 20}
+    assert "estimate: 9 teacher calls (at most 20), " in proc.stderr
     assert sum(summary["seeds"]["languages"].values()) == 40
     assert not (tmp_path / "run").exists()
 

@@ -239,6 +239,25 @@ class RayConfig(StrictModel):
     num_cpus_per_actor: float = Field(0.25, gt=0, description="CPU reservation of an HTTP teacher actor")
 
 
+class EstimateConfig(StrictModel):
+    """What the cost estimate assumes (``teachers.estimate``: ``fusion validate`` prints it, the manifest keeps it
+    beside what was spent). It changes no row, so it is not part of the config hash."""
+
+    pass_rate: float | None = Field(
+        None, gt=0.0, le=1.0,
+        description="share of the teacher's answers that pass (IF: valid fusions; TaCIE: decompositions, "
+        "diversifications, evolutions); default 0.8, the prior the fusion loop sizes its first round with",
+    )
+    latency_s: float | None = Field(
+        None, gt=0.0,
+        description="seconds a teacher call takes; default 1 s plus the expected completion at 40 tokens/s",
+    )
+    completion_fraction: float | None = Field(
+        None, gt=0.0, le=1.0,
+        description="expected completion as a share of max_tokens where the project knows no better (default 0.5)",
+    )
+
+
 class ResponseConfig(StrictModel):
     template: str = Field("if_response@v2", description="if_response@v2: the authors' system prompt; if_response@v1: this project's")
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.0, max_tokens=1024))
@@ -265,6 +284,7 @@ class DataJob(JobCommon):
     seeds: list[SeedSource] = Field(min_length=1)
     teacher: TeacherConfig
     ray: RayConfig = Field(default_factory=RayConfig)
+    estimate: EstimateConfig = Field(default_factory=EstimateConfig)
 
     @field_validator("teacher", mode="before")
     @classmethod

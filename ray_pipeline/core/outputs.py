@@ -110,8 +110,9 @@ def _stable_teacher(teacher: Any) -> dict[str, Any]:
 
 
 def config_hash(config: dict[str, Any]) -> str:
-    """Hash of the parts of a job that decide its rows (not where or how fast it runs)."""
-    relevant = {k: v for k, v in config.items() if k not in ("output_dir", "ray")}
+    """Hash of the parts of a job that decide its rows (not where or how fast it runs, nor what its cost estimate
+    assumes)."""
+    relevant = {k: v for k, v in config.items() if k not in ("output_dir", "ray", "estimate")}
     relevant["teacher"] = _stable_teacher(relevant.get("teacher"))
     if isinstance(relevant.get("models"), list):  # evaluation: each model's backend is a teacher config
         relevant["models"] = [{**m, "backend": _stable_teacher(m.get("backend"))} for m in relevant["models"]]

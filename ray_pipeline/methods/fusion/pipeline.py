@@ -5,8 +5,9 @@
    fusion template, run the teacher stage over them with Ray Data, parse each
    answer (``parsing.parse_fusion``). Invalid or unparsable fusions are
    discarded and new pairs drawn, until M fused instructions exist or the
-   attempt budget is spent. Each round draws ``ceil(need / pass_rate)`` pairs,
-   so a teacher that fuses well needs one round and a weak one needs several.
+   attempt budget is spent. Each round draws ``ceil(need / pass_rate)`` pairs
+   (``teachers.estimate.round_size``: the prior before the first round), so a
+   teacher that fuses well needs one round and a weak one needs several.
 3. One response per fused instruction (a second teacher call).
 4. Write the run directory (``outputs.RunDir``): Parquet with every attempt and
    its lineage, SFT JSONL in two shapes, and a manifest.
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -49,14 +49,10 @@ from ray_pipeline.core.seeds import load_seeds, seed_prompt
 from ray_pipeline.teachers.factory import configured_model_name
 from ray_pipeline.teachers.rows import RESULT_TYPES, Answer
 from ray_pipeline.teachers.pricing import cost_usd, price_for
+from ray_pipeline.teachers.estimate import PRIOR_PASS_RATE, beside_actual, round_size
+from ray_pipeline.methods.fusion.estimate import fusion_estimate
 
 log = logging.getLogger(__name__)
-
-# Pass rate assumed before the first round has been seen, and the floor used
-# after, so that a teacher that has failed every attempt so far still gets
-# a bounded round size.
-_PRIOR_PASS_RATE = 0.8
-_MIN_PASS_RATE = 0.1
 
 
 def pool_diversity(seeds: list[str], fused: list[str], embedding: EmbeddingConfig) -> dict[str, Any]:
@@ -86,7 +82,7 @@ class _Outcomes:
 
     @property
     def pass_rate(self) -> float:
-        return self.ok / self.attempts if self.attempts else _PRIOR_PASS_RATE
+        return self.ok / self.attempts if self.attempts else PRIOR_PASS_RATE
 
 
 class InstructionFusionRun:
@@ -117,6 +113,7 @@ class InstructionFusionRun:
         if sampler.total == 0:
             raise SeedError("no seed pair is allowed: every seed names a different language and cross_language is false")
 
+        estimate = fusion_estimate(job, seeds).to_dict()  # made before anything is paid; the manifest adds the spend
         cluster = connect(self.address or job.ray.address)
         cache = load_cache(self.run.cache_dir)
         if cache:
@@ -138,7 +135,7 @@ class InstructionFusionRun:
         self.run.write_jsonl("sft_messages.jsonl", (_sft_messages(r) for r in sft))
         self.run.write_jsonl("sft_alpaca.jsonl", (_sft_alpaca(r) for r in sft))
         manifest = self._manifest(config, pool, rows, outcomes, calls.tally, stop_reason, model, calls.started,
-                                  cluster, t0)
+                                  cluster, t0, estimate)
         if job.diversity:
             manifest["diversity"] = pool_diversity(
                 [seed_prompt(s) for s in seeds], [r["instruction"] for r in sft], job.embedding
@@ -165,8 +162,7 @@ class InstructionFusionRun:
                     stop_reason = "budget"
                     break
                 need = target - selected
-                rate = max(outcomes.pass_rate, _MIN_PASS_RATE)
-                pairs = sampler.draw_many(min(budget - outcomes.attempts, math.ceil(need / rate)))
+                pairs = sampler.draw_many(round_size(need, outcomes.pass_rate, budget - outcomes.attempts))
                 if not pairs:
                     stop_reason = "pairs_exhausted"
                     break
@@ -246,10 +242,12 @@ class InstructionFusionRun:
 
     # --------------------------------------------------------------- manifest
     def _manifest(self, config, pool, rows, outcomes: _Outcomes, calls: CallTally, stop_reason, model, teacher_started,
-                  cluster, t0) -> dict[str, Any]:
+                  cluster, t0, estimate: dict[str, Any] | None = None) -> dict[str, Any]:
         job = self.job
         price = price_for(model, getattr(job.teacher, "price", None))
         tokens, spent = calls.tokens(), calls.this_run()
+        wall_s = round(time.monotonic() - t0, 3)
+        cost = cost_usd(price, tokens["prompt"], tokens["completion"])
         fusion_counts = {o: outcomes.by_outcome.get(o, 0) for o in OUTCOMES}
         response_counts = Counter(r["response_outcome"] for r in rows if r["selected"])
         final_counts = Counter(r["outcome"] for r in rows)
@@ -260,7 +258,7 @@ class InstructionFusionRun:
             return {"attempts": n, "ok": counter.get("ok", 0), "pass_rate": counter.get("ok", 0) / n if n else None}
 
         return {
-            **manifest_header(config, cluster, round(time.monotonic() - t0, 3)),
+            **manifest_header(config, cluster, wall_s),
             "teacher": {"kind": job.teacher.kind, "model": model, "started": teacher_started},
             "templates": {
                 "fusion": load_template(job.fusion.template).record(),
@@ -284,9 +282,10 @@ class InstructionFusionRun:
             "pass_rate": {"all": rate(Counter(outcomes.by_outcome))} | {k: rate(v) for k, v in outcomes.by_pairing.items()},
             "tokens": tokens,
             "this_run": spent,
-            "cost_usd": cost_usd(price, tokens["prompt"], tokens["completion"]),
+            "cost_usd": cost,
             "cost_usd_this_run": cost_usd(price, spent["prompt"], spent["completion"]),
             "price_per_million": price.model_dump(),
+            "estimate": beside_actual(estimate, calls.by_prefix, tokens, cost, wall_s),
             "outputs": {
                 "parquet": f"{job.name}.parquet",
                 "sft_messages": "sft_messages.jsonl",

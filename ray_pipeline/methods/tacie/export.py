@@ -24,7 +24,9 @@ from ray_pipeline.methods.tacie.metrics import json_safe, pool_counts, pool_dive
 from ray_pipeline.methods.tacie.operations import OPERATIONS
 from ray_pipeline.prompts import PromptTemplate
 from ray_pipeline.teachers.calls import CallTally
+from ray_pipeline.teachers.estimate import beside_actual
 from ray_pipeline.teachers.pricing import cost_usd, price_for
+from ray_pipeline.methods.tacie.estimate import calls_by_phase
 
 
 @dataclass
@@ -41,6 +43,7 @@ class RunRecord:
     state: RunState
     tally: CallTally
     t0: float
+    estimate: dict[str, Any] | None = None  # the cost estimate made before the run (methods/tacie/estimate.py)
 
 
 def write_outputs(run: RunDir, rec: RunRecord, items: list[TaCIEItem], attempts: list[Attempt],
@@ -73,8 +76,10 @@ def _manifest(rec: RunRecord, items: list[TaCIEItem], attempts: list[Attempt], f
     price = price_for(rec.model, getattr(job.teacher, "price", None))
     tokens = {"prompt": sum(a.prompt_tokens for a in attempts), "completion": sum(a.completion_tokens for a in attempts)}
     rounds_done = state.rounds[-1]["round"] if state.rounds else 0
+    wall_s = round(time.monotonic() - rec.t0, 3)
+    cost = cost_usd(price, tokens["prompt"], tokens["completion"])
     return {
-        **manifest_header(rec.config, rec.cluster, round(time.monotonic() - rec.t0, 3)),
+        **manifest_header(rec.config, rec.cluster, wall_s),
         "teacher": {"kind": job.teacher.kind, "model": rec.model},
         "scorer": {"backend": job.scorer.backend, "model": str(rec.scorer_model),
                    "num_perturbations": job.scorer.num_perturbations, "drop_prob": job.scorer.drop_prob},
@@ -93,8 +98,9 @@ def _manifest(rec: RunRecord, items: list[TaCIEItem], attempts: list[Attempt], f
         "tokens": tokens,
         "this_run": {"calls": tally.calls, "retries": tally.retries, "cache_hits": tally.cache_hits,
                      "prompt": tally.spent_prompt, "completion": tally.spent_completion},
-        "cost_usd": cost_usd(price, tokens["prompt"], tokens["completion"]),
+        "cost_usd": cost,
         "cost_usd_this_run": cost_usd(price, tally.spent_prompt, tally.spent_completion),
+        "estimate": beside_actual(rec.estimate, calls_by_phase([a.operation for a in attempts]), tokens, cost, wall_s),
         "outputs": {
             "items": f"{job.name}.parquet",
             "attempts": "attempts.parquet",

@@ -15,16 +15,20 @@ def run(job: Any, address: str | None = None, force: bool = False, shard: Any = 
 
 
 def validate(job: Any) -> dict[str, Any]:
-    """The preflight's findings: seeds, templates, benchmark prompts, scorer model (``fusion validate``)."""
+    """The preflight's findings: seeds, templates, benchmark prompts, scorer model, and what the teacher calls will
+    cost (``fusion validate``)."""
+    from ray_pipeline.methods.tacie.estimate import tacie_estimate
     from ray_pipeline.methods.tacie.pipeline import preflight
     from ray_pipeline.prompts import not_from_papers
 
     checked = preflight(job)
+    estimate = tacie_estimate(job, checked.templates, checked.pool.records)
     return {
         "job": job.name, "kind": job.kind, "seeds": checked.pool.summary(),
         "templates": {k: t.ref for k, t in checked.templates.items()},
         "templates_not_from_papers": not_from_papers(checked.templates),
         "decontaminate": checked.benchmark_prompts, "scorer_model": checked.scorer_model,
+        "estimate": estimate.to_dict() if estimate else None,
     }
 
 
@@ -55,14 +59,22 @@ def references(job: Any, refs: Any) -> None:
 
 
 def partial_validation(job: Any, refs: Any) -> dict[str, Any]:
-    """The seed sources and benchmark prompts that are here (``fusion validate`` when some input is not)."""
+    """The seed sources and benchmark prompts that are here, and the estimate over those seeds (``fusion validate``
+    when some input is not)."""
     from ray_pipeline.core.references import seeds_here
     from ray_pipeline.core.seeds import load_seeds
+    from ray_pipeline.methods.tacie.estimate import tacie_estimate
     from ray_pipeline.methods.tacie.filters import load_benchmark_prompts
+    from ray_pipeline.methods.tacie.preflight import job_templates
 
     here = seeds_here(job, refs)
+    pool = load_seeds(here, job.seed) if here else None
+    notes = () if len(here) in (0, len(job.seeds)) else \
+        (f"the seed sources here only ({len(here)} of {len(job.seeds)}): the pool, and every amount, is larger",)
+    estimate = tacie_estimate(job, job_templates(job), pool.records if pool else None, notes)
     return {
-        "seeds": load_seeds(here, job.seed).summary() if here else None,
+        "seeds": pool.summary() if pool else None,
+        "estimate": estimate.to_dict() if estimate else None,
         "decontaminate": {b.name: len(load_benchmark_prompts(b)) for i, b in enumerate(job.filters.decontaminate)
                           if refs.here(f"filters.decontaminate[{i}]", ("hf",))},
     }

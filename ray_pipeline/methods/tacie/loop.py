@@ -44,6 +44,7 @@ from ray_pipeline.core.seeds import seed_prompt
 from ray_pipeline.methods.tacie.attempts import Attempt
 from ray_pipeline.methods.tacie.checkpoints import Checkpoint, RunState
 from ray_pipeline.methods.tacie.collection import choose_seeds, root_domains, seed_items
+from ray_pipeline.methods.tacie.estimate import tacie_estimate
 from ray_pipeline.methods.tacie.export import RunRecord, write_outputs
 from ray_pipeline.methods.tacie.items import TaCIEItem
 from ray_pipeline.methods.tacie.metrics import round_metrics
@@ -97,6 +98,7 @@ class TaCIERun:
         self.state.config_hash = config_hash(config)
         checked = preflight(job)
         self.templates, self.pool = checked.templates, checked.pool
+        estimate = tacie_estimate(job, self.templates, self.pool.records)  # before anything is paid
 
         cluster = connect(self.address or job.ray.address)
         done = self._restore()
@@ -111,7 +113,7 @@ class TaCIERun:
                 tally = self._evolve_rounds(stage_cfg, done)
         filters = mark_removed(self.items, checked.decontaminator, job.filters.near_duplicate_threshold)
         record = RunRecord(job, config, cluster, self.model, checked.scorer_model, self.templates, self.pool,
-                           self.state, tally, t0)
+                           self.state, tally, t0, estimate.to_dict() if estimate else None)
         return write_outputs(self.run, record, self.items, self.attempts, filters)
 
     def _restore(self) -> int:

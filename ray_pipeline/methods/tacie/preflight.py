@@ -26,8 +26,8 @@ class Preflight:
     scorer_model: str
 
 
-def preflight(job: TaCIEJob) -> Preflight:
-    """Everything that can be checked before any work starts: templates, seeds, benchmarks, scorer model."""
+def job_templates(job: TaCIEJob) -> dict[str, PromptTemplate]:
+    """The templates of the job's operations, by key (``Preflight.templates``)."""
     ev = job.evolution
     templates = {
         "diversify": load_template(job.collection.template),
@@ -40,6 +40,12 @@ def preflight(job: TaCIEJob) -> Preflight:
         templates["depth_background"] = load_template(ev.depth_background_template)
     else:  # Appendix B.3: one template, the teacher picks the method
         templates["depth"] = load_template(ev.depth_template)
+    return templates
+
+
+def preflight(job: TaCIEJob) -> Preflight:
+    """Everything that can be checked before any work starts: templates, seeds, benchmarks, scorer model."""
+    templates = job_templates(job)
     warn_not_from_papers({k: t for k, t in templates.items() if k != "response"})  # the paper gives no response prompt
     pool = load_seeds(job.seeds, seed=job.seed)
     if not pool.records:
@@ -50,4 +56,4 @@ def preflight(job: TaCIEJob) -> Preflight:
     return Preflight(templates, pool, decontaminator, {k: len(v) for k, v in benchmarks.items()}, scorer_model)
 
 
-__all__ = ["Preflight", "preflight"]
+__all__ = ["Preflight", "job_templates", "preflight"]

@@ -83,6 +83,18 @@ def test_every_row_has_a_recorded_outcome(faulty_run):
         assert fusion_counts[outcome] == sum(r["fusion_outcome"] == outcome for r in table)
 
 
+def test_manifest_puts_the_estimate_beside_what_was_spent(faulty_run):
+    job, manifest, calls, run, plan = faulty_run
+    estimate = manifest["estimate"]
+    # made before the run: M = 8 at the prior 0.8, 10 fusion calls and 8 responses; at most the budget, 48
+    assert estimate["calls"] == {"expected": 18, "at_most": 56} and estimate["phases"]["fusion"]["calls"] == 10
+    actual = estimate["actual"]
+    assert actual["calls_by_phase"] == {"fusion": manifest["counts"]["attempts"], "response": 8}
+    assert (actual["prompt_tokens"], actual["completion_tokens"]) == (manifest["tokens"]["prompt"],
+                                                                      manifest["tokens"]["completion"])
+    assert actual["usd"] == round(manifest["cost_usd"], 4) and actual["wall_s"] == round(manifest["wall_time_s"], 1)
+
+
 def test_manifest_reports_the_papers_diversity_u(faulty_run):
     """U (eq. 8-10, Euclidean d_i) of the seed pool, the fused instructions and both, as the IF paper's analysis."""
     from ray_pipeline.analysis.diversity import diversity_u

@@ -60,6 +60,10 @@ def test_a_teacher_answering_garbage_leaves_an_incomplete_run_with_counts(tmp_pa
     assert attempts["decompose"] == {"parse_error": chosen}
     assert attempts["response"] == {"parse_error": chosen}
     assert calls == 2 * chosen
+    estimate = manifest["estimate"]  # made before the run; beside it, what the run spent
+    assert estimate["actual"]["calls_by_phase"] == {"decompose": chosen, "diversify": 0, "depth": 0, "fusion": 0,
+                                                    "response": chosen}
+    assert estimate["actual"]["calls"] == calls and estimate["phases"]["decompose"]["calls_at_most"] >= chosen
     assert manifest["counts"]["kept"] == 0
     assert (tmp_path / "run/sft_messages.jsonl").read_text() == ""
 
