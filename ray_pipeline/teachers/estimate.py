@@ -30,11 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from ray_pipeline.core.config import EstimateConfig, PriceConfig, RayConfig
 from ray_pipeline.teachers.pricing import cost_usd, price_for
-
-#: characters a token, and the tokens a chat message adds (its role and separators): OpenAI's rule of thumb
-CHARS_PER_TOKEN = 4
-TOKENS_PER_MESSAGE = 4
-TOKENIZER = f"approximate: {CHARS_PER_TOKEN} characters a token + {TOKENS_PER_MESSAGE} a message (no tokenizer)"
+from ray_pipeline.teachers.tokens import TOKENIZER, approx_tokens, prompt_tokens, text_tokens  # noqa: F401 (re-exported)
 
 #: share of the teacher's answers assumed to pass (parse, be valid) before any is seen: the fusion loop's first
 #: round draws ceil(M / PRIOR_PASS_RATE) pairs; later rounds use the rate so far, floored at MIN_PASS_RATE
@@ -46,21 +42,6 @@ COMPLETION_FRACTION = 0.5
 #: model of the GPT-4 class; a local model's speed depends on its hardware: set estimate.latency_s)
 FIRST_TOKEN_S = 1.0
 DECODE_TOKENS_PER_S = 40.0
-
-
-def approx_tokens(chars: int, messages: int = 0) -> int:
-    """Tokens of ``chars`` characters of text in ``messages`` chat messages (module docstring)."""
-    return chars // CHARS_PER_TOKEN + TOKENS_PER_MESSAGE * messages
-
-
-def text_tokens(text: str) -> int:
-    """Tokens of a piece of text inside a message."""
-    return approx_tokens(len(text))
-
-
-def prompt_tokens(messages: Sequence[Mapping[str, str]]) -> int:
-    """Tokens of a rendered chat prompt (``PromptTemplate.render``'s messages)."""
-    return approx_tokens(sum(len(m["content"]) for m in messages), len(messages))
 
 
 def mean(values: Iterable[float]) -> float | None:

@@ -46,7 +46,7 @@ from ray_pipeline.core.config import OpenAITeacherConfig
 from ray_pipeline.core.errors import TeacherError
 from ray_pipeline.teachers.base import Backend, ChatRequest, ChatResult, ResultCallback, Teacher
 from ray_pipeline.teachers.pricing import cost_usd, price_for
-from ray_pipeline.teachers.estimate import approx_tokens
+from ray_pipeline.teachers.tokens import approx_tokens
 from ray_pipeline.teachers.ratelimit import RateLimits
 
 log = logging.getLogger(__name__)
