@@ -102,7 +102,10 @@ def _host_ip() -> str:
 
 
 def _sandbox_processes(marker: str | None = None) -> list[str]:
-    """Host processes that belong to a sandbox of this process (by uid) or carry ``marker``."""
+    """Live host processes that belong to a sandbox of this process (by uid) or carry ``marker``.
+
+    A zombie (state Z, or X: being reaped) has ended already: under load the kernel may still be tearing down a
+    PID namespace's init (bwrap's inner process) when the sandbox returns; it runs nothing and holds nothing."""
     uids = {slot_uid(slot) for slot in range(sandbox_module._SLOTS_PER_PROCESS)}
     found = []
     for entry in Path("/proc").iterdir():
@@ -114,6 +117,9 @@ def _sandbox_processes(marker: str | None = None) -> list[str]:
         except OSError:
             continue  # gone meanwhile
         uid = int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+        state = next((line.split()[1] for line in status.splitlines() if line.startswith("State:")), "?")
+        if state in ("Z", "X"):
+            continue
         if uid in uids or (marker is not None and marker in cmdline):
             found.append(f"{entry.name} uid={uid} {cmdline[:120]}")
     return found
