@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping
 
 from ray_pipeline.core.benchmark_data import locate, read_rows
 from ray_pipeline.core.errors import EvaluationError, first_line
-from ray_pipeline.evaluation.problems import Problem
+from ray_pipeline.evaluation.problems import Problem, select_problems
 from ray_pipeline.prompts import load_template
 
 BENCHMARK = "gsm8k"
@@ -177,15 +177,7 @@ def load_problems(path: str | None = None, limit: int | None = None, tasks: list
     problems = [_problem(index, row, source) for index, row in enumerate(rows)]
     if not problems:
         raise EvaluationError(f"{source}: no GSM8K problems in it")
-    if tasks is not None:
-        known = {p.task_id for p in problems}
-        unknown = [t for t in tasks if t not in known]
-        if unknown:
-            raise EvaluationError(f"{source}: unknown gsm8k task ids {', '.join(unknown[:5])}"
-                                  f"{f' (and {len(unknown) - 5} more)' if len(unknown) > 5 else ''}")
-        wanted = set(tasks)
-        problems = [p for p in problems if p.task_id in wanted]
-    return problems if limit is None else problems[:limit]
+    return select_problems(problems, tasks, limit, source)
 
 
 def _problem(index: int, row: Any, source: str) -> Problem:

@@ -42,7 +42,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from ray_pipeline.core.benchmark_data import BenchmarkDataError, locate, read_rows
 from ray_pipeline.core.errors import EvaluationError, first_line
 from ray_pipeline.core.model_files import default_cache_root
-from ray_pipeline.evaluation.problems import Problem
+from ray_pipeline.evaluation.problems import Problem, select_problems
 
 BENCHMARK = "ifeval"
 #: lm-eval 0.4.13's ifeval task: greedy, at most this many new tokens
@@ -89,14 +89,7 @@ def load_problems(path: str | None = None, limit: int | None = None,
         problems.append(problem)
     if not problems:
         raise EvaluationError(f"{source}: no IFEval prompts in it")
-    if tasks is not None:
-        wanted = set(tasks)
-        unknown = [t for t in dict.fromkeys(tasks) if t not in seen]
-        if unknown:
-            raise EvaluationError(f"ifeval: unknown task ids {unknown[:5]}{' ...' if len(unknown) > 5 else ''} "
-                                  f"(not in {source})")
-        problems = [p for p in problems if p.task_id in wanted]
-    return problems if limit is None else problems[:limit]
+    return select_problems(problems, tasks, limit, f"ifeval: {source}")
 
 
 def _problem(row: Any, known: set[str], where: str) -> Problem:

@@ -16,7 +16,7 @@ import json
 from typing import Any
 
 from ray_pipeline.core.determinism import derived_seed
-from ray_pipeline.evaluation.mt_bench import JUDGE_MAX_TOKENS, JUDGE_TEMPERATURE, judge_messages, parse_rating
+from ray_pipeline.evaluation.mt_bench import JUDGE_MAX_TOKENS, JUDGE_TEMPERATURE, judge_messages, score
 from ray_pipeline.evaluation.problems import Problem
 from ray_pipeline.teachers.base import ChatRequest, ChatResult, Sampling
 from ray_pipeline.teachers.rows import Answer, request_row
@@ -62,8 +62,12 @@ def rated_samples(samples: list[dict[str, Any]], judged: list[dict[str, Any]]) -
         judgments: list[str] = []
         for turn in (1, 2):
             got = turns.get(turn)
-            judgments.append("" if got is None else (got.text or f"judge error: {got.error}"))
-            ratings.append(None if got is None or got.error else parse_rating(got.text))
+            if got is None:  # the turn was not answered, so not judged
+                judgments.append("")
+                ratings.append(None)
+                continue
+            judgments.append(got.text or f"judge error: {got.error}")
+            ratings.append(score(problem, None if got.error else got.text, turn=turn)["rating"])
         status = ("generation_error" if sample["generation_error"] else
                   "judged" if all(r is not None for r in ratings) else "judge_failed")
         scored.append({

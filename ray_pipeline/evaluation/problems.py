@@ -9,7 +9,7 @@ MultiPL-E's ``tests``) stays with that executor, keyed by task id.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from ray_pipeline.core.languages import LANGUAGE_ALIASES, LANGUAGE_TITLES, MULTIPLE_LANGUAGES  # noqa: F401 (re-exported)
 
@@ -40,3 +40,19 @@ class Problem:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "Problem":
         return cls(**{**d, "stop": tuple(d.get("stop") or ())})
+
+
+def select_problems(problems: list[Problem], tasks: Sequence[str] | None, limit: int | None, source: str) -> list[Problem]:
+    """The problems a benchmark's ``tasks`` (task ids) and ``limit`` keep, in file order: those tasks, then the first
+    ``limit``. An unknown task id is a one-line EvaluationError naming ``source``."""
+    from ray_pipeline.core.errors import EvaluationError
+
+    if tasks is not None:
+        known = {p.task_id for p in problems}
+        unknown = [t for t in dict.fromkeys(tasks) if t not in known]
+        if unknown:
+            more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
+            raise EvaluationError(f"{source}: unknown task ids {', '.join(unknown[:5])}{more}")
+        wanted = set(tasks)
+        problems = [p for p in problems if p.task_id in wanted]
+    return problems if limit is None else problems[:limit]

@@ -89,8 +89,8 @@ def task_rows(scored: Iterable[dict[str, Any]], ks: Sequence[int]) -> list[dict[
 
 #: what a task row keeps of each sample (the ones a benchmark does not have are left out, except _ALWAYS)
 SAMPLE_FIELDS = ("sample", "passed", "status", "base_passed", "base_status", "loose_passed", "detail", "instructions",
-                 "extracted", "reference", "ratings", "judgments", "generation_error", "finish_reason", "wall_s",
-                 "solution")
+                 "error", "extracted", "reference", "extracted_by", "ratings", "judgments", "generation_error",
+                 "finish_reason", "wall_s", "solution")
 _ALWAYS = ("sample", "passed", "status", "base_passed", "base_status", "detail", "generation_error", "finish_reason",
            "wall_s", "solution")
 
@@ -159,8 +159,9 @@ def _details(by_model_suite: dict[tuple[str, str], list[dict[str, Any]]], model:
         from ray_pipeline.evaluation import ifeval
 
         got = ifeval.summarise(s for r in ifeval_tasks for s in r["samples"])
+        # errors: answers whose generation failed or that a checker could not check (counted as not followed)
         out["ifeval"] = {**{k: got[k] for k in ("prompt_strict", "prompt_loose", "inst_strict", "inst_loose")},
-                         "prompts": len(ifeval_tasks), "instructions": got["instructions"]}
+                         "prompts": len(ifeval_tasks), "instructions": got["instructions"], "errors": got["errors"]}
     gsm8k_tasks = [r for r in by_model_suite.get((model, "gsm8k"), []) if "skipped" not in r]
     if gsm8k_tasks:
         from ray_pipeline.evaluation import gsm8k
@@ -231,11 +232,12 @@ def _details_markdown(details: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     ifeval = {m: d["ifeval"] for m, d in details.items() if "ifeval" in d}
     if ifeval:
-        lines += ["IFEval (%)", "", "| Model | prompt strict | prompt loose | instruction strict | instruction loose |",
-                  "|---|---:|---:|---:|---:|"]
+        lines += ["IFEval (%)", "", "| Model | prompt strict | prompt loose | instruction strict | instruction loose | "
+                  "errors |", "|---|---:|---:|---:|---:|---:|"]
         for model, d in ifeval.items():
             cells = [d["prompt_strict"], d["prompt_loose"], d["inst_strict"], d["inst_loose"]]
-            lines.append(f"| {model} | " + " | ".join("–" if v is None else f"{100 * v:.1f}" for v in cells) + " |")
+            lines.append(f"| {model} | " + " | ".join("–" if v is None else f"{100 * v:.1f}" for v in cells)
+                         + f" | {d.get('errors', 0)} |")
         lines.append("")
     mt = {m: d["mt_bench"] for m, d in details.items() if "mt_bench" in d}
     if mt:

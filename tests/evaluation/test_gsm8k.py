@@ -183,7 +183,7 @@ def test_unreadable_data_is_one_line_naming_the_file(tmp_path):
     broken.write_text('{"question": "q", "answer": "#### 5"}\n{"question": \n')
     good = write_rows(tmp_path / "good.jsonl", [{"question": "q", "answer": "#### 5"}])
     for path, message, options in ((missing, "file not found", {}), (broken, "line 2: invalid JSON", {}),
-                                   (good, "unknown gsm8k task ids gsm8k/1", {"tasks": ["gsm8k/1"]}),
+                                   (good, "unknown task ids gsm8k/1", {"tasks": ["gsm8k/1"]}),
                                    (good, "limit must be >= 0", {"limit": -1})):
         with pytest.raises(EvaluationError, match=message) as err:
             gsm8k.load_problems(str(path), **options)

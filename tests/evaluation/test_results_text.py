@@ -44,7 +44,7 @@ def test_the_tacie_columns_and_details_are_computed_by_hand():
     md = results.to_markdown(summary, title="t")
     assert "| Model | MT-Bench | IFEval strict | IFEval loose | GSM8K |" in md
     assert "| m | 6.67 | 50.0 | 100.0 | 66.7 |" in md
-    assert "| m | 50.0 | 100.0 | 66.7 | 100.0 |" in md  # IFEval: prompt strict, loose; instruction strict, loose
+    assert "| m | 50.0 | 100.0 | 66.7 | 100.0 | 0 |" in md  # IFEval: prompt strict, loose; instruction strict, loose
     assert "| m | 6.67 | 6.50 | 7.00 | 8.00 | 4.00 | 1 |" in md
 
 
