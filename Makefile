@@ -63,6 +63,7 @@ test-fast: $(STAMP)
 
 bench: setup
 	$(PY) benchmarks/teacher_throughput.py
+	$(PY) benchmarks/pipeline_throughput.py
 	$(PY) benchmarks/embedded_throughput.py
 	$(PY) benchmarks/scorer_throughput.py
 	HUMANEVAL_OVERRIDE_PATH=$${HUMANEVAL_OVERRIDE_PATH:-../shared/data/bench/evalplus/HumanEvalPlus-v0.1.10.jsonl.gz} $(PY) benchmarks/eval_sandbox_speed.py --parallel 2

@@ -69,6 +69,20 @@ def by_marker(plans: Mapping[str, FaultPlan]) -> FaultPlan:
     return plan
 
 
+def invalid_share(rate: float, marker: str = "#Given Prompt 1#") -> FaultPlan:
+    """INVALID PROMPT for a share ``rate`` of the bodies whose last user message holds ``marker`` (IF's fusion
+    prompt), chosen by a hash of that message: the same bodies every time."""
+
+    def plan(body: dict[str, Any], attempt: int) -> str | None:
+        text = last_user_text(body)
+        if marker not in text:
+            return None
+        share = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:4], "big") / 2**32
+        return "invalid" if share < rate else None
+
+    return plan
+
+
 def cycle(kinds: Sequence[str | None]) -> FaultPlan:
     """The i-th call the server receives (of any body) gets ``kinds[i % len(kinds)]``."""
     counter = itertools.count()
@@ -308,8 +322,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Serve a fake OpenAI-compatible API on 127.0.0.1.")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every chat call")
+    parser.add_argument("--invalid-rate", type=float, default=0.0,
+                        help="answer INVALID PROMPT to this share of fusion prompts (by a hash of the prompt)")
     args = parser.parse_args()
-    with FaultInjectingOpenAIServer(latency_s=args.latency, port=args.port) as server:
+    faults = invalid_share(args.invalid_rate) if args.invalid_rate else None
+    with FaultInjectingOpenAIServer(latency_s=args.latency, port=args.port, faults=faults) as server:
         print(server.base_url, flush=True)
         try:
             threading.Event().wait()

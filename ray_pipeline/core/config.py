@@ -233,7 +233,8 @@ def teacher_shorthand(value: Any) -> Any:
 class RayConfig(StrictModel):
     address: str | None = Field(None, description="Ray address; default $RAY_ADDRESS, else a local Ray")
     batch_size: int | None = Field(
-        None, gt=0, description="rows per map_batches call (default: the teacher's concurrency, or 64 for vLLM)"
+        None, gt=0, description="teacher calls each stage actor keeps in flight (default: the teacher's concurrency; "
+        "two batches of 64 for vLLM); the job's bound is this times num_actors"
     )
     num_actors: int = Field(1, gt=0, description="teacher-stage actors (an HTTP client, or a client of the vllm teacher's engines, each)")
     num_cpus_per_actor: float = Field(0.25, gt=0, description="CPU reservation of an HTTP teacher actor")
@@ -246,7 +247,7 @@ class EstimateConfig(StrictModel):
     pass_rate: float | None = Field(
         None, gt=0.0, le=1.0,
         description="share of the teacher's answers that pass (IF: valid fusions; TaCIE: decompositions, "
-        "diversifications, evolutions); default 0.8, the prior the fusion loop sizes its first round with",
+        "diversifications, evolutions); default 0.8",
     )
     latency_s: float | None = Field(
         None, gt=0.0,

@@ -15,8 +15,8 @@ Each sample has its own seed, derived from the job seed, the model, the task
 and the sample index, so a rerun asks the same questions and is answered from
 the run's call cache. Requests are the teacher stage's rows
 (``teachers.rows.request_row``), answered through ``teachers.calls.TeacherCalls``:
-the same Ray Data stage and backends (OpenAI-compatible endpoint, in-process
-vLLM, the embedded server) as data generation.
+the same stage actors and backends (OpenAI-compatible endpoint, vLLM engines,
+the embedded server) as data generation.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ GSM8K and HumanEval (TaCIE).
    with one line instead of scoring every sample wrong. On a remote cluster
    each scoring actor runs that self-check where it scores.
 2. For each model: generate n samples per problem through the teacher stage
-   (``teachers.calls.TeacherCalls``: the same Ray Data stage and backends as
+   (``teachers.calls.TeacherCalls``: the same stage actors and backends as
    data generation, the model started lazily, at the first answer the cache
    lacks; calls cached in the run directory, so an interrupted run resumes,
    and a finished one starts no model), and turn each answer into

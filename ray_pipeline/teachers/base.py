@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,9 @@ from typing import Any, Callable, ClassVar, Iterator, Sequence
 from ray_pipeline.core.errors import ConfigError
 
 Message = dict[str, str]
+
+#: chunks an HTTP teacher's stage actor works on at once (``Backend.chunk_size``)
+CHUNKS_PER_ACTOR = 8
 
 
 @dataclass(frozen=True)
@@ -193,3 +197,14 @@ class Backend(ABC):
     def batch_size(self) -> int:
         """Rows per batch when the job sets none: enough to keep every in-flight call of the teacher busy."""
         return int(getattr(self.config, "concurrency", 16))
+
+    def actor_slots(self, batch_size: int | None = None) -> int:
+        """Calls one stage actor keeps in flight (``teachers.pool``): the job's ``ray.batch_size`` or
+        :meth:`batch_size`, at most the teacher's ``concurrency``."""
+        batch = batch_size or self.batch_size()
+        return max(1, min(batch, int(getattr(self.config, "concurrency", batch))))
+
+    def chunk_size(self, slots: int) -> int:
+        """Rows a stage actor takes at once out of its ``slots``. An HTTP teacher answers every call on its own:
+        small chunks (:data:`CHUNKS_PER_ACTOR` of them), so that a finished call frees its slot within one latency."""
+        return max(1, math.ceil(slots / CHUNKS_PER_ACTOR))

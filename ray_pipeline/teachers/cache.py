@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -64,24 +65,27 @@ class CacheWriter:
         self.path = directory / name
         self._fd: int | None = None
         self._last_sync = 0.0
+        self._lock = threading.Lock()  # a stage actor answers several chunks at once, on threads
 
     def put(self, key: str, result: ChatResult) -> None:
         if not result.ok:
             return
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        line = json.dumps({"key": key, "result": result.to_json()}, ensure_ascii=False) + "\n"
-        os.write(self._fd, line.encode("utf-8"))
-        now = time.monotonic()
-        if now - self._last_sync >= _FSYNC_INTERVAL_S:
-            os.fsync(self._fd)
-            self._last_sync = now
+        line = (json.dumps({"key": key, "result": result.to_json()}, ensure_ascii=False) + "\n").encode("utf-8")
+        with self._lock:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.write(self._fd, line)
+            now = time.monotonic()
+            if now - self._last_sync >= _FSYNC_INTERVAL_S:
+                os.fsync(self._fd)
+                self._last_sync = now
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
+        with self._lock:
+            if self._fd is not None:
+                os.fsync(self._fd)
+                os.close(self._fd)
+                self._fd = None
 
     def __del__(self) -> None:  # best effort; close() is the contract
         try:

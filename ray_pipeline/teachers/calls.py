@@ -3,31 +3,33 @@
 ``RequestBuilder`` turns a template and its values into teacher-stage rows
 (``rows.request_row``: the request and its cache key computed once, and the
 cached answer when there is one); ``TeacherCalls`` runs such rows through the
-one ``TeacherStage`` on a Ray Data actor pool, stops a run whose teacher is
-down (``tally.Breaker``) and keeps the one ``tally.CallTally`` the manifest
-reports. Rows the cache answers in full never reach a stage, and a teacher
-started lazily (``TeacherCalls.lazy``, the way every pipeline starts it)
-starts only at the first call the cache cannot answer: a rerun of a finished
-job starts nothing.
+job's one ``pool.TeacherPool`` of ``TeacherStage`` actors, either all at once
+(``run``) or as a stream the caller feeds as answers come back (``stream``),
+stops a run whose teacher is down (``tally.Breaker``) and keeps the one
+``tally.CallTally`` the manifest reports. Rows the cache answers never reach
+a stage, and a teacher started lazily (``TeacherCalls.lazy``, the way every
+pipeline starts it) starts only at the first call the cache cannot answer:
+a rerun of a finished job starts nothing.
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, ExitStack, contextmanager
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ray_pipeline.core.config import RayConfig
-from ray_pipeline.core.executor import run_stage
 from ray_pipeline.prompts import PromptTemplate
 from ray_pipeline.teachers.base import ChatRequest, ChatResult
-from ray_pipeline.teachers.factory import StageTeacherConfig, backend_for, teacher_session
+from ray_pipeline.teachers.factory import StageTeacherConfig, teacher_session
+from ray_pipeline.teachers.pool import CallStream, TeacherPool
 from ray_pipeline.teachers.rows import Answer, SamplingSettings, cached_result, request_row, sampling_at
-from ray_pipeline.teachers.stage import TeacherStage
 from ray_pipeline.teachers.tally import DEAD_TEACHER_STREAK, Breaker, CallTally
 
-__all__ = ["DEAD_TEACHER_STREAK", "Breaker", "CallTally", "RequestBuilder", "TeacherCalls", "answer_from_cache"]
+__all__ = ["DEAD_TEACHER_STREAK", "Breaker", "CallStream", "CallTally", "RequestBuilder", "TeacherCalls", "answer_from_cache",
+           "cached_answer"]
 
 
 @dataclass
@@ -51,11 +53,17 @@ def answer_from_cache(requests: list[dict[str, Any]], prefix: str) -> list[dict[
     """
     answered = []
     for row in requests:
-        result = cached_result(row)
-        if result is None:
+        if not row["cached"]:
             raise ValueError("answer_from_cache: a row has no cached answer")
-        answered.append({**row, **Answer.of(result, node="").columns(prefix)})
+        answered.append(cached_answer(row, prefix))
     return answered
+
+
+def cached_answer(row: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """``row`` (whose ``cached`` column holds an answer) with that answer in its ``<prefix>_*`` columns."""
+    result = cached_result(row)
+    assert result is not None
+    return {**row, **Answer.of(result, node="").columns(prefix)}
 
 
 class TeacherCalls:
@@ -77,6 +85,7 @@ class TeacherCalls:
         self.tally = CallTally()
         self._start = start
         self._stack = ExitStack()
+        self._pool: TeacherPool | None = None
 
     @classmethod
     def lazy(cls, teacher_cfg: object, ray_cfg: RayConfig, cache_dir: object, log_dir: object,
@@ -112,6 +121,22 @@ class TeacherCalls:
             self.stage_cfg = self._stack.enter_context(self._start())
         return self.stage_cfg
 
+    def stream(self) -> CallStream:
+        """A stream over the job's stage actors (started, and the teacher with them, on first use)."""
+        if self._pool is None:
+            stage_cfg = self._stage_config()
+            self._pool = TeacherPool(stage_cfg, self.ray_cfg, self.cache_dir)
+            self._stack.callback(self._pool.close)
+        return CallStream(self._pool)
+
+    def observe(self, row: dict[str, Any], prefix: str) -> Answer:
+        """Count ``row``'s answer in the tally and feed it to the breaker (which raises when the teacher is down).
+        A streaming caller observes its rows in its own fixed order (attempt order), whatever the timing."""
+        answer = Answer.read(row, prefix)
+        self.tally.count(answer, prefix)
+        self.breaker.observe(answer.error)
+        return answer
+
     def run(self, requests: list[dict[str, Any]], prefix: str, order_key: str | None = None) -> list[dict[str, Any]]:
         """Answer ``requests`` (rows from ``RequestBuilder.request`` plus any fields of the caller's own).
 
@@ -120,22 +145,23 @@ class TeacherCalls:
         """
         if not requests:
             return []
-        if all(row["cached"] for row in requests):
-            answered = answer_from_cache(requests, prefix)
-        else:
-            stage_cfg = self._stage_config()
-            backend = backend_for(stage_cfg)
-            answered = run_stage(
-                requests,
-                TeacherStage,
-                {"teacher_cfg": stage_cfg, "cache_dir": self.cache_dir, "prefix": prefix},
-                batch_size=self.ray_cfg.batch_size or backend.batch_size(),
-                num_actors=self.ray_cfg.num_actors,
-                resources=backend.stage_resources(self.ray_cfg.num_cpus_per_actor),
-            )
-        ordered = sorted(answered, key=lambda r: r[order_key]) if order_key else answered
-        for row in ordered:
-            answer = Answer.read(row, prefix)
-            self.tally.count(answer, prefix)
-            self.breaker.observe(answer.error)
-        return answered
+        answered: list[dict[str, Any] | None] = [cached_answer(row, prefix) if row["cached"] else None
+                                                for row in requests]
+        todo = deque(i for i, row in enumerate(answered) if row is None)
+        if todo:
+            stream = self.stream()
+            while todo or stream.busy:
+                while todo and stream.room > 0:
+                    i = todo.popleft()
+                    stream.put({**requests[i], _INDEX: i}, prefix)
+                for _, row in stream.results():
+                    answered[row.pop(_INDEX)] = row
+        done = [row for row in answered if row is not None]
+        assert len(done) == len(requests)
+        for row in sorted(done, key=lambda r: r[order_key]) if order_key else done:
+            self.observe(row, prefix)
+        return done
+
+
+#: the column ``run`` numbers its rows with while they are in flight
+_INDEX = "_calls_index"

@@ -16,10 +16,10 @@ expected and largest number of calls and its tokens per call. Here, the rest:
   actors (``concurrency`` x ``ray.num_actors``; ``ray.batch_size`` when smaller) over the per-call latency, the
   request rate limit and the token rate limit. Limits are per actor (each actor's client keeps its own buckets),
   so the job's pace is the limit times the actors. The latency is ``estimate.latency_s``, else
-  :data:`FIRST_TOKEN_S` plus the expected completion at :data:`DECODE_TOKENS_PER_S`. Phases run one after the
-  other, as the pipelines run them; start-up, embedding and scoring are not counted;
-* **the pass rate**: :data:`PRIOR_PASS_RATE`, which the fusion loop also sizes its first round with
-  (:func:`round_size`), unless the job's ``estimate.pass_rate`` says otherwise.
+  :data:`FIRST_TOKEN_S` plus the expected completion at :data:`DECODE_TOKENS_PER_S`. Phases share the teacher's
+  pace (IF's responses run beside its fusions on the same slots, TaCIE's operations one after the other), so
+  the time is the sum over phases; start-up, embedding and scoring are not counted;
+* **the pass rate**: :data:`PRIOR_PASS_RATE` unless the job's ``estimate.pass_rate`` says otherwise.
 """
 
 from __future__ import annotations
@@ -32,10 +32,8 @@ from ray_pipeline.core.config import EstimateConfig, PriceConfig, RayConfig
 from ray_pipeline.teachers.pricing import cost_usd, price_for
 from ray_pipeline.teachers.tokens import TOKENIZER, approx_tokens, prompt_tokens, text_tokens  # noqa: F401 (re-exported)
 
-#: share of the teacher's answers assumed to pass (parse, be valid) before any is seen: the fusion loop's first
-#: round draws ceil(M / PRIOR_PASS_RATE) pairs; later rounds use the rate so far, floored at MIN_PASS_RATE
+#: share of the teacher's answers assumed to pass (parse, be valid) when the job's estimate gives none
 PRIOR_PASS_RATE = 0.8
-MIN_PASS_RATE = 0.1
 #: expected completion as a share of max_tokens, where a method knows nothing better
 COMPLETION_FRACTION = 0.5
 #: the per-call latency when the job gives none: time to the first token, then decoding per stream (an API
@@ -50,24 +48,13 @@ def mean(values: Iterable[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def round_size(need: float, pass_rate: float, left: int) -> int:
-    """Calls a round of an "until N pass" loop makes: enough for ``need`` at ``pass_rate`` (floored at
-    :data:`MIN_PASS_RATE`), never more than the ``left`` of the budget."""
-    return min(left, math.ceil(need / max(pass_rate, MIN_PASS_RATE)))
-
-
 def expected_attempts(target: int, pass_rate: float, budget: int, available: int | None = None) -> tuple[int, float]:
-    """The fusion loop run in expectation: rounds of :func:`round_size` (the first at :data:`PRIOR_PASS_RATE`, the
-    next at the rate seen, ``pass_rate``) until ``target`` pass, the ``budget`` is spent or the ``available``
-    draws are; (calls, expected passes)."""
-    calls, passed, seen = 0, 0.0, PRIOR_PASS_RATE
+    """The fusion loop (``methods.fusion.loop``) in expectation: it draws until ``target`` pass and never past
+    them, so ``ceil(target / pass_rate)`` calls (a negative binomial's mean), at most the ``budget`` and the
+    ``available`` draws; (calls, expected passes)."""
     limit = budget if available is None else min(budget, available)
-    while target - passed > 1e-9 and calls < limit:
-        n = round_size(target - passed - 1e-9, seen, limit - calls)  # the expected need: M / p calls in all
-        calls += n
-        passed += n * pass_rate
-        seen = pass_rate
-    return calls, passed
+    calls = limit if pass_rate <= 0 else min(limit, math.ceil(target / pass_rate - 1e-9))
+    return calls, min(float(target), calls * pass_rate)
 
 
 @dataclass(frozen=True)
@@ -128,8 +115,7 @@ class Capacity:
 
         backend = backend_for(teacher)
         model = backend.model_name()
-        batch = ray.batch_size or backend.batch_size()
-        per_actor = min(batch, getattr(teacher, "concurrency", batch))
+        per_actor = backend.actor_slots(ray.batch_size)  # what teachers.pool keeps in flight per actor
         rpm, tpm = getattr(teacher, "requests_per_minute", None), getattr(teacher, "tokens_per_minute", None)
         return cls(model=model, price=price_for(model, getattr(teacher, "price", None)),
                    in_flight=per_actor * ray.num_actors,
@@ -282,5 +268,5 @@ def _secs(value: float | None) -> float | None:
 
 
 __all__ = ["Assumptions", "COMPLETION_FRACTION", "Capacity", "DECODE_TOKENS_PER_S", "Estimate", "FIRST_TOKEN_S",
-           "MIN_PASS_RATE", "PRIOR_PASS_RATE", "Phase", "TOKENIZER", "approx_tokens", "beside_actual",
-           "expected_attempts", "mean", "merged", "phase", "prompt_tokens", "round_size", "summary_line", "text_tokens"]
+           "PRIOR_PASS_RATE", "Phase", "TOKENIZER", "approx_tokens", "beside_actual",
+           "expected_attempts", "mean", "merged", "phase", "prompt_tokens", "summary_line", "text_tokens"]

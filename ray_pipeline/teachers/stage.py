@@ -3,14 +3,16 @@
 Rows in and out are in the format of ``teachers.rows``: the request columns
 in, the same rows plus the ``<prefix>_*`` result columns out. Cached rows are
 answered from the cache without a call; every completed call is appended to
-the run's call cache as soon as it finishes. The stage is a plain callable
-class over pandas batches: Ray Data runs it as an actor pool (``map_batches``),
-one teacher per actor, and a test can call it directly.
+the run's call cache as soon as it finishes. The stage is a plain class:
+``teachers.pool`` runs it as Ray actors (one teacher per actor, several
+chunks of rows at once on its threads), ``__call__`` takes a pandas batch
+(``map_batches``), and a test can call it directly.
 """
 
 from __future__ import annotations
 
 import socket
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
@@ -18,6 +20,9 @@ from ray_pipeline.teachers.base import ChatResult
 from ray_pipeline.teachers.cache import CacheWriter
 from ray_pipeline.teachers.factory import StageTeacherConfig, backend_for
 from ray_pipeline.teachers.rows import cached_result, request_from_row, result_columns
+
+#: the request columns a row brings to the stage (``teachers.rows.request_row``)
+REQUEST_COLUMNS = ("messages", "sampling", "cache_key", "cached")
 
 
 def node_id() -> str:
@@ -32,16 +37,16 @@ def node_id() -> str:
 
 
 class TeacherStage:
-    """``map_batches`` UDF: answer every row's request through one teacher."""
+    """Answer rows' requests through one teacher; safe to call from several threads at once."""
 
-    def __init__(self, teacher_cfg: StageTeacherConfig, cache_dir: str, prefix: str):
+    def __init__(self, teacher_cfg: StageTeacherConfig, cache_dir: str, prefix: str = ""):
         self.teacher = backend_for(teacher_cfg).teacher()
         self.cache = CacheWriter(cache_dir)
         self.prefix = prefix
         self.node = node_id()
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        rows = batch[["messages", "sampling", "cache_key", "cached"]].to_dict("records")
+    def results(self, rows: Sequence[Mapping[str, Any]]) -> list[ChatResult]:
+        """One result per row, in order: the cached ones from the row, the others from the teacher (then cached)."""
         results: list[ChatResult | None] = [cached_result(row) for row in rows]
         todo = [i for i, result in enumerate(results) if result is None]
         if todo:
@@ -52,14 +57,31 @@ class TeacherStage:
 
             for j, result in enumerate(self.teacher.generate(requests, on_result=persist)):
                 results[todo[j]] = result
+        return results  # type: ignore[return-value]
+
+    def answer(self, rows: Sequence[Mapping[str, Any]], prefix: str) -> list[dict[str, Any]]:
+        """Each row's request columns with the ``<prefix>_*`` result columns (a chunk from ``teachers.pool``)."""
+        columns = result_columns(self.results(rows), self.node)
+        return [{key: row[key] for key in REQUEST_COLUMNS} | {f"{prefix}_{name}": values[i] for name, values in columns.items()}
+                for i, row in enumerate(rows)]
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        rows = batch[list(REQUEST_COLUMNS)].to_dict("records")
         out = batch.copy()
-        for name, values in result_columns(results, self.node).items():
+        for name, values in result_columns(self.results(rows), self.node).items():
             out[f"{self.prefix}_{name}"] = values
         return out
 
+    def ready(self) -> str:
+        """The node this stage runs on, once it is built (the pool waits for every actor)."""
+        return self.node
+
+    def close(self) -> None:
+        self.cache.close()
+        self.teacher.close()
+
     def __del__(self) -> None:
         try:
-            self.cache.close()
-            self.teacher.close()
+            self.close()
         except Exception:
             pass

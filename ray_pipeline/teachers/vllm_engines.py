@@ -33,6 +33,15 @@ STAGE_CPUS = 0.25
 CLOSE_TIMEOUT_S = 60.0
 
 
+def engine_slots(batch: int) -> int:
+    """An engine takes whole batches: a stage actor keeps two in flight, one generating and the next waiting."""
+    return 2 * batch
+
+
+def engine_chunk(slots: int) -> int:
+    return max(1, slots // 2)
+
+
 class EngineActor:
     """One ``vllm.LLM`` (a ``VLLMOfflineTeacher``) in a Ray actor, for the whole job."""
 
@@ -131,6 +140,12 @@ class VLLMEnginesBackend(Backend):
     def batch_size(self) -> int:
         return self.config.batch
 
+    def actor_slots(self, batch_size: int | None = None) -> int:
+        return engine_slots(batch_size or self.batch_size())
+
+    def chunk_size(self, slots: int) -> int:
+        return engine_chunk(slots)
+
 
 class VLLMBackend(Backend):
     """``kind: vllm``: ``engines`` ``vllm.LLM`` actors started once for the job; stages send them batches."""
@@ -160,3 +175,9 @@ class VLLMBackend(Backend):
 
     def batch_size(self) -> int:
         return BATCH_SIZE
+
+    def actor_slots(self, batch_size: int | None = None) -> int:
+        return engine_slots(batch_size or self.batch_size())
+
+    def chunk_size(self, slots: int) -> int:
+        return engine_chunk(slots)

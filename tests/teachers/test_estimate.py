@@ -24,7 +24,6 @@ from ray_pipeline.teachers.estimate import (
     beside_actual,
     expected_attempts,
     phase,
-    round_size,
 )
 from tests.conftest import REPO
 
@@ -65,17 +64,18 @@ def _if_job(tmp_path, **extra):
 
 
 # ------------------------------------------------------------------ the shared arithmetic
-def test_the_expected_fusion_loop_sizes_rounds_as_the_pipeline_does():
-    # a perfect teacher: one round of ceil(M / 0.8), the 5,000 calls for M = 4,000
+def test_the_expected_fusion_loop_draws_until_m_pass_and_no_further():
+    # a perfect teacher: M calls (the streaming loop draws none that M valid ones make needless)
     assert PRIOR_PASS_RATE == 0.8
-    assert expected_attempts(4000, 1.0, 16000) == (5000, 5000.0)
-    # at 0.5: a first round of 5 (2.5 pass), then ceil(1.5 / 0.5) = 3 more
+    assert expected_attempts(4000, 1.0, 16000) == (4000, 4000.0)
+    # at 0.5: M / p; at the prior, 4,000 / 0.8
     assert expected_attempts(4, 0.5, 10) == (8, 4.0)
+    assert expected_attempts(4000, PRIOR_PASS_RATE, 16000) == (5000, 4000.0)
+    assert expected_attempts(3, 0.7, 100) == (5, 3.0)  # ceil(4.29)
     # the budget, then the allowed pairs, stop it short
     assert expected_attempts(10, 0.1, 20) == (20, pytest.approx(2.0))
     assert expected_attempts(10, 0.5, 40, available=6) == (6, 3.0)
-    # a round at a rate under the floor is sized at the floor (0.1), within what is left
-    assert round_size(5, 0.05, 100) == 50 and round_size(5, 0.05, 7) == 7
+    assert expected_attempts(10, 0.0, 40) == (40, 0.0)
 
 
 def test_a_phase_is_paced_by_the_slowest_of_concurrency_and_the_rate_limits():
@@ -105,7 +105,8 @@ def test_capacity_counts_every_actor_and_the_smaller_of_batch_and_concurrency():
     assert embedded.in_flight == 128 and embedded.price.prompt_per_million == 0.0
     assert "estimate.latency_s" in embedded.notes(Assumptions())[0]
     assert embedded.notes(Assumptions(latency_s=3.0)) == ()
-    assert Capacity.of(VLLMTeacherConfig(model="/m"), RayConfig()).in_flight == 64
+    # a vLLM engine takes whole batches of 64: its stage actor keeps two in flight (teachers.pool)
+    assert Capacity.of(VLLMTeacherConfig(model="/m"), RayConfig()).in_flight == 128
 
 
 def test_the_manifest_puts_the_estimate_beside_what_was_spent():
@@ -145,7 +146,7 @@ def test_a_tiny_instruction_fusion_job_by_hand(tmp_path):
     fused = FUSED_INSTRUCTION_GROWTH * (40 // 4)  # 1.2 x a seed's 10 tokens
     response_prompt = r_chars // 4 + 4 * r_msgs + fused
     answer = FUSED_RESPONSE_GROWTH * (80 // 4)  # 1.6 x a seed answer's 20 tokens
-    # pass rate 0.5: 5 + 3 fusion calls (expected_attempts), 4 responses; at most the budget, 10, and M, 4
+    # pass rate 0.5: 4 / 0.5 = 8 fusion calls (expected_attempts), 4 responses; at most the budget, 10, and M, 4
     fusion = est["phases"]["fusion"]
     response = est["phases"]["response"]
     assert (fusion["calls"], fusion["calls_at_most"], response["calls"], response["calls_at_most"]) == (8, 10, 4, 4)

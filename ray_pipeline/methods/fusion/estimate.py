@@ -1,8 +1,7 @@
 """What an Instruction Fusion job will cost (``teachers.estimate``), from its job file and its seed pool.
 
-* **fusion calls**: the fusion loop run in expectation (``teachers.estimate.expected_attempts``: the first round
-  ``ceil(M / 0.8)``, then rounds at the assumed pass rate, ``estimate.pass_rate``) until M pass, at most the
-  attempt budget and the allowed seed pairs;
+* **fusion calls**: the fusion loop run in expectation (``teachers.estimate.expected_attempts``: it draws until
+  M pass and no further, so M / ``estimate.pass_rate`` calls), at most the attempt budget and the allowed pairs;
 * **responses**: one per expected valid fusion, at most M;
 * **prompt tokens**: the fusion template rendered on the run's own first :data:`SAMPLE_PAIRS` pairs (the job
   seed's draws), the response template on a fused instruction of the expected length;

@@ -1,14 +1,15 @@
 """Instruction Fusion (Guo et al., 2023) from a seed pool to an SFT dataset.
 
 1. Read and normalise the seed pool (``seeds.load_seeds``).
-2. Fusion rounds: draw random pairs of distinct seeds (``pairing``), render the
-   fusion template, run the teacher stage over them with Ray Data, parse each
-   answer (``parsing.parse_fusion``). Invalid or unparsable fusions are
-   discarded and new pairs drawn, until M fused instructions exist or the
-   attempt budget is spent. Each round draws ``ceil(need / pass_rate)`` pairs
-   (``teachers.estimate.round_size``: the prior before the first round), so a
-   teacher that fuses well needs one round and a weak one needs several.
-3. One response per fused instruction (a second teacher call).
+2. Fusion as a stream (``loop.FusionLoop``): draw random pairs of distinct
+   seeds (``pairing``) in a fixed order, render the fusion template, keep the
+   teacher's calls in flight (``teachers.pool``), parse each answer
+   (``parsing.parse_fusion``). Invalid or unparsable fusions are discarded and
+   new pairs drawn, until M fused instructions exist or the attempt budget is
+   spent; no pair is drawn that the valid ones so far plus those in flight
+   could make unnecessary.
+3. One response per chosen fused instruction (a second teacher call), asked
+   as soon as it is chosen, while fusion goes on.
 4. Write the run directory (``outputs.RunDir``): Parquet with every attempt and
    its lineage, SFT JSONL in two shapes, and a manifest.
 
@@ -26,7 +27,6 @@ import hashlib
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -40,16 +40,16 @@ from ray_pipeline.analysis.embeddings import embed_texts
 from ray_pipeline.core.errors import SeedError
 from ray_pipeline.core.executor import connect
 from ray_pipeline.core.outputs import RunDir, manifest_header
-from ray_pipeline.methods.fusion.pairing import PairSampler, is_cross_language
-from ray_pipeline.prompts.parsing import OUTCOMES, cut_off, parse_fusion, parse_response
-from ray_pipeline.core.determinism import derived_seed
+from ray_pipeline.methods.fusion.loop import FusionLoop, FusionResult, Outcomes
+from ray_pipeline.methods.fusion.pairing import PairSampler
+from ray_pipeline.prompts.parsing import OUTCOMES
 from ray_pipeline.teachers.calls import DEAD_TEACHER_STREAK, CallTally, RequestBuilder, TeacherCalls
 from ray_pipeline.prompts import PromptTemplate, load_template, warn_not_from_papers
 from ray_pipeline.core.seeds import load_seeds, seed_prompt
 from ray_pipeline.teachers.factory import configured_model_name
 from ray_pipeline.teachers.rows import RESULT_TYPES, Answer
 from ray_pipeline.teachers.pricing import cost_usd, price_for
-from ray_pipeline.teachers.estimate import PRIOR_PASS_RATE, beside_actual, round_size
+from ray_pipeline.teachers.estimate import beside_actual
 from ray_pipeline.methods.fusion.estimate import fusion_estimate
 
 log = logging.getLogger(__name__)
@@ -63,26 +63,6 @@ def pool_diversity(seeds: list[str], fused: list[str], embedding: EmbeddingConfi
     return {"metric": "euclidean"} | {
         name: float(diversity_u(X)) if len(X) >= 3 else None for name, X in parts.items()
     } | {"n": {name: len(X) for name, X in parts.items()}}
-
-
-@dataclass
-class _Outcomes:
-    """Fusion attempts by outcome, overall and by pairing."""
-
-    attempts: int = 0
-    ok: int = 0
-    by_outcome: Counter = field(default_factory=Counter)
-    by_pairing: dict[str, Counter] = field(default_factory=lambda: {"same_language": Counter(), "cross_language": Counter()})
-
-    def add(self, outcome: str, cross: bool) -> None:
-        self.attempts += 1
-        self.by_outcome[outcome] += 1
-        self.ok += outcome == "ok"
-        self.by_pairing["cross_language" if cross else "same_language"][outcome] += 1
-
-    @property
-    def pass_rate(self) -> float:
-        return self.ok / self.attempts if self.attempts else PRIOR_PASS_RATE
 
 
 class InstructionFusionRun:
@@ -126,16 +106,15 @@ class InstructionFusionRun:
         # its preflight comes before the run directory starts: an unreachable one fails before anything is written
         with TeacherCalls.lazy(job.teacher, job.ray, self.run.cache_dir, self.run.log_dir,
                                on_start=lambda: self.run.start(config)) as calls:
-            rows, outcomes, stop_reason = self._fuse(calls, fusion, seeds, sampler)
-            self._respond(calls, respond, rows)
+            result = self._fuse(calls, fusion, respond, seeds, sampler)
         self.run.start(config)
+        rows = result.rows
         table = _to_table(rows, fusion_tpl, response_tpl, model)
         sft = [r for r in rows if r["outcome"] == "ok"]
         self.run.write_table(job.name, table)
         self.run.write_jsonl("sft_messages.jsonl", (_sft_messages(r) for r in sft))
         self.run.write_jsonl("sft_alpaca.jsonl", (_sft_alpaca(r) for r in sft))
-        manifest = self._manifest(config, pool, rows, outcomes, calls.tally, stop_reason, model, calls.started,
-                                  cluster, t0, estimate)
+        manifest = self._manifest(config, pool, result, calls.tally, model, calls.started, cluster, t0, estimate)
         if job.diversity:
             manifest["diversity"] = pool_diversity(
                 [seed_prompt(s) for s in seeds], [r["instruction"] for r in sft], job.embedding
@@ -143,107 +122,36 @@ class InstructionFusionRun:
         self.run.write_manifest(manifest)
         return manifest
 
-    # ---------------------------------------------------------------- fusion
-    def _fuse(
-        self, calls: TeacherCalls, builder: RequestBuilder, seeds: list[dict[str, str]], sampler: PairSampler
-    ) -> tuple[list[dict[str, Any]], _Outcomes, str]:
+    # ------------------------------------------------------- fusion and responses
+    def _fuse(self, calls: TeacherCalls, fusion: RequestBuilder, respond: RequestBuilder, seeds: list[dict[str, str]],
+              sampler: PairSampler) -> FusionResult:
         job = self.job
         target, budget = job.fusion.num_instructions, job.fusion.attempt_budget
-        outcomes = _Outcomes()
-        rows: list[dict[str, Any]] = []
-        selected = 0
-        stop_reason = "reached"
         # a context manager: the bar ends its line before an error (one line of its own) is printed
         with tqdm(total=target, desc="fused instructions", unit="instr", dynamic_ncols=True) as bar:
-            round_no = 0
-            by_id = {s["id"]: s for s in seeds}
-            while selected < target:
-                if outcomes.attempts >= budget:
-                    stop_reason = "budget"
-                    break
-                need = target - selected
-                pairs = sampler.draw_many(round_size(need, outcomes.pass_rate, budget - outcomes.attempts))
-                if not pairs:
-                    stop_reason = "pairs_exhausted"
-                    break
-                requests = []
-                for n, (i, j) in enumerate(pairs):
-                    a, b = seeds[i], seeds[j]
-                    row = {
-                        "attempt": outcomes.attempts + n,
-                        "round": round_no,
-                        "parent_a": a["id"],
-                        "parent_b": b["id"],
-                        "cross_language": is_cross_language(a["language"], b["language"]),
-                    }
-                    seed = derived_seed(job.seed, "fusion", a["id"], b["id"])
-                    row.update(builder.request(seed, instruction_1=seed_prompt(a), instruction_2=seed_prompt(b)))
-                    requests.append(row)
-                answered = calls.run(requests, "fusion", order_key="attempt")
-                for row in sorted(answered, key=lambda r: r["attempt"]):
-                    parents = (seed_prompt(by_id[row["parent_a"]]), seed_prompt(by_id[row["parent_b"]]))
-                    answer = Answer.read(row, "fusion")
-                    if answer.error:
-                        outcome, text, reason = "api_error", "", answer.error
-                    else:
-                        parsed = parse_fusion(answer.text, parents, builder.template)
-                        outcome, text, reason = parsed.outcome, parsed.text, parsed.reason
-                        if outcome == "ok" and cut_off(answer.text, answer.finish_reason, text):
-                            outcome, text, reason = "parse_error", "", "instruction cut off at max_tokens"
-                    row.update(
-                        fusion_outcome=outcome,
-                        instruction=text,
-                        fusion_reason=reason,
-                        selected=outcome == "ok" and selected < target,
-                        parents=[by_id[row["parent_a"]], by_id[row["parent_b"]]],
-                    )
-                    selected += row["selected"]
-                    outcomes.add(outcome, row["cross_language"])
-                    rows.append(row)
-                bar.update(min(selected, target) - bar.n)
-                bar.set_postfix(attempts=outcomes.attempts, pass_rate=f"{outcomes.pass_rate:.0%}")
-                round_no += 1
-        if stop_reason != "reached":
+            def chosen(n: int, outcomes: Outcomes) -> None:
+                bar.update(n - bar.n)
+                bar.set_postfix(attempts=outcomes.attempts, pass_rate=f"{outcomes.pass_rate:.0%}", refresh=False)
+
+            result = FusionLoop(seeds=seeds, sampler=sampler, fusion=fusion, respond=respond, calls=calls,
+                                target=target, budget=budget, job_seed=job.seed, on_chosen=chosen).run()
+        outcomes = result.outcomes
+        if result.stop_reason != "reached":
             log.warning(
                 "made %d of %d fused instructions: %s after %d attempts (%s)",
-                selected,
+                outcomes.ok,
                 target,
-                "attempt budget spent" if stop_reason == "budget" else "every allowed seed pair used",
+                "attempt budget spent" if result.stop_reason == "budget" else "every allowed seed pair used",
                 outcomes.attempts,
                 ", ".join(f"{k} {v}" for k, v in sorted(outcomes.by_outcome.items())),
             )
-        return rows, outcomes, stop_reason
-
-    # -------------------------------------------------------------- responses
-    def _respond(self, calls: TeacherCalls, builder: RequestBuilder, rows: list[dict[str, Any]]) -> None:
-        chosen = [r for r in rows if r["selected"]]
-        requests = []
-        for row in chosen:
-            seed = derived_seed(self.job.seed, "response", row["instruction"])
-            requests.append({"attempt": row["attempt"], **builder.request(seed, instruction=row["instruction"])})
-        answered = {r["attempt"]: r for r in calls.run(requests, "response", order_key="attempt")}
-        for row in rows:
-            got = answered.get(row["attempt"])
-            if got is None:  # not selected: a failed fusion, or a valid one beyond M
-                row["response_outcome"] = ""
-                row["response"] = ""
-                row["outcome"] = "surplus" if row["fusion_outcome"] == "ok" else row["fusion_outcome"]
-                continue
-            for key in ("messages", "sampling", "cache_key"):
-                row[f"response_{key}"] = got[key]
-            answer = Answer.read(got, "response")
-            row.update(answer.columns("response"))
-            if answer.error:
-                row["response_outcome"], row["response"] = "api_error", ""
-            else:
-                parsed = parse_response(answer.text)
-                row["response_outcome"], row["response"] = parsed.outcome, parsed.text
-            row["outcome"] = row["response_outcome"]
+        return result
 
     # --------------------------------------------------------------- manifest
-    def _manifest(self, config, pool, rows, outcomes: _Outcomes, calls: CallTally, stop_reason, model, teacher_started,
+    def _manifest(self, config, pool, result: FusionResult, calls: CallTally, model, teacher_started,
                   cluster, t0, estimate: dict[str, Any] | None = None) -> dict[str, Any]:
         job = self.job
+        rows, outcomes, stop_reason = result.rows, result.outcomes, result.stop_reason
         price = price_for(model, getattr(job.teacher, "price", None))
         tokens, spent = calls.tokens(), calls.this_run()
         wall_s = round(time.monotonic() - t0, 3)
@@ -273,13 +181,14 @@ class InstructionFusionRun:
                 "attempts": outcomes.attempts,
                 "fusion": fusion_counts,
                 "fused": selected,
-                "surplus": fusion_counts["ok"] - selected,
+                "surplus": fusion_counts["ok"] - selected,  # 0: the loop draws no pair M valid ones make needless
+                "max_in_flight": result.max_in_flight,
                 "response": {o: response_counts.get(o, 0) for o in ("ok", "parse_error", "api_error")},
                 "rows": len(rows),
                 "sft_rows": final_counts.get("ok", 0),
             },
             "invalid_rate": fusion_counts["invalid"] / outcomes.attempts if outcomes.attempts else None,
-            "pass_rate": {"all": rate(Counter(outcomes.by_outcome))} | {k: rate(v) for k, v in outcomes.by_pairing.items()},
+            "pass_rate": {"all": rate(Counter(outcomes.by_outcome))} | {k: rate(Counter(v)) for k, v in outcomes.by_pairing.items()},
             "tokens": tokens,
             "this_run": spent,
             "cost_usd": cost,
@@ -307,7 +216,6 @@ _SCHEMA = pa.schema(
     [
         ("id", pa.string()),
         ("attempt", pa.int64()),
-        ("round", pa.int64()),
         ("outcome", pa.string()),
         ("instruction", pa.string()),
         ("response", pa.string()),
@@ -350,7 +258,6 @@ def _to_table(rows: list[dict[str, Any]], fusion_tpl: PromptTemplate, response_t
         rec = {
             "id": _row_id(r),
             "attempt": int(r["attempt"]),
-            "round": int(r["round"]),
             "outcome": r["outcome"],
             "instruction": r["instruction"],
             "response": r["response"],

@@ -22,7 +22,7 @@ from ray_pipeline.teachers.base import ChatRequest, Sampling
 from tests.conftest import REPO, fusion_cli, openai_teacher, write_job
 from tests.fault_server import FaultInjectingOpenAIServer
 
-STABLE = ["attempt", "round", "outcome", "instruction", "response", "selected", "parent_ids",
+STABLE = ["attempt", "outcome", "instruction", "response", "selected", "parent_ids",
           "fusion_outcome", "fusion_raw", "response_outcome", "fusion_cache_key", "response_cache_key"]
 
 
