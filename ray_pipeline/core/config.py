@@ -233,8 +233,8 @@ def teacher_shorthand(value: Any) -> Any:
 class RayConfig(StrictModel):
     address: str | None = Field(None, description="Ray address; default $RAY_ADDRESS, else a local Ray")
     batch_size: int | None = Field(
-        None, gt=0, description="teacher calls each stage actor keeps in flight (default: the teacher's concurrency; "
-        "two batches of 64 for vLLM); the job's bound is this times num_actors"
+        None, gt=0, description="an HTTP teacher's calls in flight per stage actor (default and most: its "
+        "concurrency); a vLLM teacher's batch (default 64, two in flight per actor); times num_actors for the job"
     )
     num_actors: int = Field(1, gt=0, description="teacher-stage actors (an HTTP client, or a client of the vllm teacher's engines, each)")
     num_cpus_per_actor: float = Field(0.25, gt=0, description="CPU reservation of an HTTP teacher actor")

@@ -129,6 +129,13 @@ class TeacherCalls:
             self._stack.callback(self._pool.close)
         return CallStream(self._pool)
 
+    def release(self) -> None:
+        """End the stage actors now (their CPUs go back to Ray); the next call starts new ones. The teacher's
+        session (a server, engines) stays up."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
     def observe(self, row: dict[str, Any], prefix: str) -> Answer:
         """Count ``row``'s answer in the tally and feed it to the breaker (which raises when the teacher is down).
         A streaming caller observes its rows in its own fixed order (attempt order), whatever the timing."""

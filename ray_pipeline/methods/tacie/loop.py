@@ -134,21 +134,22 @@ class TaCIERun:
         builders = {
             op: RequestBuilder(tpl, sampling.get(op, ev.sampling), self.model, cache) for op, tpl in self.templates.items()
         }
-        calls = TeacherCalls(stage_cfg, job.ray, self.run.cache_dir)
-        ctx = Context(job, self.templates, builders, calls, self.attempts)
-        self.decompose, self.diversify, self.evolution = Decompose(ctx), Diversify(ctx), Evolution(ctx)
-        self.respond, self.score, self.embed = Respond(ctx), Score(job), Embed(job)
-        items = self.items
-        if done < 0:
-            items = self._collect(self.pool.records)
-            self._finish_round(0, items)
-            done = 0
-        for t in range(done + 1, ev.rounds + 1):
-            if not any(it.evolvable for it in items):
-                log.warning("round %d: no evolvable item left; stopping the rounds early", t)
-                break
-            items = self._evolve(t, items)
-            self._finish_round(t, items)
+        with TeacherCalls(stage_cfg, job.ray, self.run.cache_dir) as calls:  # its stage actors end with the rounds
+            ctx = Context(job, self.templates, builders, calls, self.attempts)
+            self.decompose, self.diversify, self.evolution = Decompose(ctx), Diversify(ctx), Evolution(ctx)
+            # the teacher's stage actors give their CPUs back while the scorer runs (on one machine it may take all)
+            self.respond, self.score, self.embed = Respond(ctx), Score(job, before=calls.release), Embed(job)
+            items = self.items
+            if done < 0:
+                items = self._collect(self.pool.records)
+                self._finish_round(0, items)
+                done = 0
+            for t in range(done + 1, ev.rounds + 1):
+                if not any(it.evolvable for it in items):
+                    log.warning("round %d: no evolvable item left; stopping the rounds early", t)
+                    break
+                items = self._evolve(t, items)
+                self._finish_round(t, items)
         self.items = items
         return calls.tally
 

@@ -385,13 +385,16 @@ class Score:
     inputs = ("id", "instruction", "response")
     outputs = ("q", "uncertainty", "instruction_tokens")
 
-    def __init__(self, job: TaCIEJob):
+    def __init__(self, job: TaCIEJob, before: Callable[[], None] | None = None):
         self.job = job
+        self.before = before  # run before the scorer starts (TaCIE: the teacher's stage actors end)
 
     def process(self, items: list[TaCIEItem]) -> None:
         if not items:
             return
         job = self.job
+        if self.before is not None:
+            self.before()
         rows = [{"id": it.id, "instruction": it.instruction, "response": it.response} for it in items]
         scored = run_stage(
             rows,
