@@ -12,14 +12,15 @@ chunks of rows at once on its threads), ``__call__`` takes a pandas batch
 from __future__ import annotations
 
 import socket
-from typing import Any, Mapping, Sequence
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from ray_pipeline.teachers.base import ChatResult
 from ray_pipeline.teachers.cache import CacheWriter
 from ray_pipeline.teachers.factory import StageTeacherConfig, backend_for
 from ray_pipeline.teachers.rows import cached_result, request_from_row, result_columns
+
+if TYPE_CHECKING:  # pandas only for map_batches: a pool actor starts without it (half a second)
+    import pandas as pd
 
 #: the request columns a row brings to the stage (``teachers.rows.request_row``)
 REQUEST_COLUMNS = ("messages", "sampling", "cache_key", "cached")
@@ -65,7 +66,7 @@ class TeacherStage:
         return [{key: row[key] for key in REQUEST_COLUMNS} | {f"{prefix}_{name}": values[i] for name, values in columns.items()}
                 for i, row in enumerate(rows)]
 
-    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+    def __call__(self, batch: "pd.DataFrame") -> "pd.DataFrame":
         rows = batch[list(REQUEST_COLUMNS)].to_dict("records")
         out = batch.copy()
         for name, values in result_columns(self.results(rows), self.node).items():

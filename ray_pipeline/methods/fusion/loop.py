@@ -172,6 +172,7 @@ class FusionLoop:
                 outcome, text, reason = "parse_error", "", "instruction cut off at max_tokens"
         row.update(fusion_outcome=outcome, instruction=text, fusion_reason=reason,
                    parents=[self.by_id[row["parent_a"]], self.by_id[row["parent_b"]]])
+        del row["messages"], row["cached"]  # the prompt and the cached answer are not kept: the driver holds M rows
         self.valid += outcome == "ok"
         self.arrived[row["attempt"]] = row
 
@@ -209,7 +210,7 @@ class FusionLoop:
             row.update(response_outcome="", response="", outcome=row["fusion_outcome"])
             return
         self.calls.observe(got, "response")
-        for key in ("messages", "sampling", "cache_key"):
+        for key in ("sampling", "cache_key"):
             row[f"response_{key}"] = got[key]
         answer = Answer.read(got, "response")
         row.update(answer.columns("response"))
