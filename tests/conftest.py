@@ -114,11 +114,13 @@ _SHARED_RAY_AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_he
 def shared_ray() -> Any:
     """The address of one Ray head (`ray start --head`, 2 CPUs, no dashboard) shared by the run's `fusion run`
     subprocesses that only need a finished run: ``fusion_cli(..., ray_address=shared_ray)`` joins it instead of
-    starting (and stopping) a local Ray of its own, ~10 s each on a 2-core machine.
+    starting (and stopping) a local Ray of its own, ~9 s each on a 2-core machine.
 
     Only for runs that end normally (a run killed with SIGKILL could leave actors holding the CPUs of every later
     test) and that set no environment variable for code running in Ray workers (the head's workers inherit the
-    head's environment, not the CLI's). Tests of Ray's own start and stop (tests/core/test_cluster.py, the SIGKILL
+    head's environment, not the CLI's), and whose job does not behave differently with an address: an evaluation
+    with programs to score skips its local toolchain preflight when given one (tests/evaluation/test_eval_e2e.py
+    keeps a local Ray for that reason). Tests of Ray's own start and stop (tests/core/test_cluster.py, the SIGKILL
     and Ctrl-C tests, the first run of tests/training/test_sft_ray.py) keep a local Ray started from nothing.
     Teardown kills exactly the head's process group (never `ray stop`, which would stop every Ray on the machine).
     """
