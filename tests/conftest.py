@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -95,9 +100,70 @@ def served_gemma(tmp_path_factory: pytest.TempPathFactory) -> Any:
                "concurrency": stage.concurrency, "timeout_s": stage.timeout_s, "max_retries": stage.max_retries}
 
 
-def fusion_cli(*args: str, timeout: float = 600, **kwargs: Any) -> subprocess.CompletedProcess:
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+#: the shared head's token (Ray turns token authentication on for `ray start`): given to the CLI with its address
+_SHARED_RAY_AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+
+
+@pytest.fixture(scope="session")
+def shared_ray() -> Any:
+    """The address of one Ray head (`ray start --head`, 2 CPUs, no dashboard) shared by the run's `fusion run`
+    subprocesses that only need a finished run: ``fusion_cli(..., ray_address=shared_ray)`` joins it instead of
+    starting (and stopping) a local Ray of its own, ~9 s each on a 2-core machine.
+
+    Only for runs that end normally (a run killed with SIGKILL could leave actors holding the CPUs of every later
+    test) and that set no environment variable for code running in Ray workers (the head's workers inherit the
+    head's environment, not the CLI's), and whose job does not behave differently with an address: an evaluation
+    with programs to score skips its local toolchain preflight when given one (tests/evaluation/test_eval_e2e.py
+    keeps a local Ray for that reason). Tests of Ray's own start and stop (tests/core/test_cluster.py, the SIGKILL
+    and Ctrl-C tests, the first run of tests/training/test_sft_ray.py) keep a local Ray started from nothing.
+    Teardown kills exactly the head's process group (never `ray stop`, which would stop every Ray on the machine).
+    """
+    temp = tempfile.mkdtemp(prefix="fray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    ports = {name: _free_port() for name in (
+        "port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+        "runtime-env-agent-port", "ray-client-server-port", "node-manager-port", "object-manager-port")}
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, **_SHARED_RAY_AUTH, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+           "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0"}
+    env.pop("RAY_ADDRESS", None)
+    argv = [str(bin_dir / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--include-dashboard", "false",
+            "--num-cpus", "2", "--temp-dir", temp, "--disable-usage-stats"]
+    argv += [a for name, port in ports.items() for a in (f"--{name}", str(port))]
+    proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=180)
+        if proc.returncode != 0:
+            pytest.fail(f"ray start failed ({proc.returncode}): {out[-2000:]}")
+        yield f"127.0.0.1:{ports['port']}"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def fusion_cli(*args: str, timeout: float = 600, ray_address: str | None = None, **kwargs: Any) -> subprocess.CompletedProcess:
+    """`python -m ray_pipeline.cli ARGS`; a `run` starts a local Ray of its own, or joins ``ray_address``
+    (the ``shared_ray`` fixture)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0", **kwargs.pop("extra_env", {})}
     env.pop("RAY_ADDRESS", None)
+    if ray_address:
+        env.update(RAY_ADDRESS=ray_address, **_SHARED_RAY_AUTH)
     return subprocess.run(
         [sys.executable, "-m", "ray_pipeline.cli", *args],
         capture_output=True, text=True, timeout=timeout, env=env, cwd=kwargs.pop("cwd", REPO), **kwargs,
@@ -128,7 +194,8 @@ def local_ray():
 #: fixtures that start something: a test using one carries its mark
 FIXTURE_MARKS = {
     "local_ray": pytest.mark.ray,
-    "ray_head": pytest.mark.ray,  # tests/deploy/test_submit.py: a `ray start` head for the Jobs API
+    "ray_head": pytest.mark.ray,
+    "shared_ray": pytest.mark.ray,  # a `ray start` head shared by `fusion run` subprocesses  # tests/deploy/test_submit.py: a `ray start` head for the Jobs API
     "torchrun_results": pytest.mark.slow,  # tests/training/test_deepspeed_config.py: two torchrun ranks
 }
 

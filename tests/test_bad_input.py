@@ -80,12 +80,13 @@ def _digest(run: Path) -> dict[str, str]:
 
 
 @pytest.mark.ray
-def test_failed_rerun_leaves_a_finished_run_untouched(tmp_path):
+def test_failed_rerun_leaves_a_finished_run_untouched(tmp_path, shared_ray):
+    # every run joins the session's Ray head: this test is about the run directory, not Ray's start
     seeds = _seed_file(tmp_path)
     with FaultInjectingOpenAIServer() as srv:
         job = write_job(tmp_path, teacher=openai_teacher(srv.base_url), seeds=[{"path": str(seeds)}],
                         fusion={"num_instructions": 2, "max_attempts": 6})
-        first = fusion_cli("run", str(job), timeout=300)
+        first = fusion_cli("run", str(job), timeout=300, ray_address=shared_ray)
         assert first.returncode == 0, first.stderr[-3000:]
     run = tmp_path / "run"
     before = _digest(run)
@@ -93,7 +94,7 @@ def test_failed_rerun_leaves_a_finished_run_untouched(tmp_path):
     # The same job against an endpoint that is gone: every answer is cached, so no teacher is needed.
     job = write_job(tmp_path, teacher=openai_teacher(UNREACHABLE), seeds=[{"path": str(seeds)}],
                     fusion={"num_instructions": 2, "max_attempts": 6})
-    again = fusion_cli("run", str(job), timeout=120)
+    again = fusion_cli("run", str(job), timeout=120, ray_address=shared_ray)
     assert again.returncode == 0, again.stderr[-3000:]
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["teacher"]["started"] is False and manifest["this_run"]["calls"] == 0
@@ -102,11 +103,11 @@ def test_failed_rerun_leaves_a_finished_run_untouched(tmp_path):
     before = after
     # Its cache lost, the same job needs the teacher: it fails on the unreachable endpoint before writing anything.
     shutil.rmtree(run / "cache")
-    _one_line_error(fusion_cli("run", str(job), timeout=120), "unreachable")
+    _one_line_error(fusion_cli("run", str(job), timeout=120, ray_address=shared_ray), "unreachable")
     assert _digest(run) == {k: v for k, v in before.items() if not k.startswith("cache/")}
     before = _digest(run)
     # A different job into the same directory.
     job = write_job(tmp_path, teacher=openai_teacher(UNREACHABLE), seeds=[{"path": str(seeds)}],
                     fusion={"num_instructions": 3, "max_attempts": 6})
-    _one_line_error(fusion_cli("run", str(job), timeout=120), "different job")
+    _one_line_error(fusion_cli("run", str(job), timeout=120, ray_address=shared_ray), "different job")
     assert _digest(run) == before

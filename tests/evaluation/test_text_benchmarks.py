@@ -47,7 +47,7 @@ def _responder(gsm8k):
 
 
 @pytest.mark.ray
-def test_text_benchmarks_score_judge_tabulate_and_rerun_from_the_cache(tmp_path):
+def test_text_benchmarks_score_judge_tabulate_and_rerun_from_the_cache(tmp_path, shared_ray):
     require_shared()
     gsm8k = _gsm8k_rows(2)
     responder, judged = _responder(gsm8k)
@@ -65,7 +65,7 @@ def test_text_benchmarks_score_judge_tabulate_and_rerun_from_the_cache(tmp_path)
         }
         path = tmp_path / "eval.yaml"
         path.write_text(yaml.safe_dump(job))
-        first = fusion_cli("run", str(path), timeout=600)
+        first = fusion_cli("run", str(path), timeout=600, ray_address=shared_ray)  # the session's Ray head
         assert first.returncode == 0, first.stderr[-3000:]
         calls = srv.total_calls
         # 2 GSM8K + 3 IFEval + 2 x 2 MT-Bench turns from the model; 2 x 2 turns judged
@@ -103,7 +103,7 @@ def test_text_benchmarks_score_judge_tabulate_and_rerun_from_the_cache(tmp_path)
         samples = {s["task_id"]: s for s in read_jsonl(run / "samples" / "m.jsonl")}
         assert samples["81"]["answers"] == ["first", "second"]
 
-        again = fusion_cli("run", str(path), timeout=600)
+        again = fusion_cli("run", str(path), timeout=600, ray_address=shared_ray)
         assert again.returncode == 0, again.stderr[-3000:]
         assert srv.total_calls == calls  # the model's and the judge's answers all came from the run's cache
         manifest = json.loads((run / "manifest.json").read_text())

@@ -51,11 +51,14 @@ def tiny_job(workdir: Path, name: str, **training) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ddp_run(workdir) -> tuple:
-    """Crash after step 3 (a checkpoint exists at step 2), then run the same job again."""
+def ddp_run(workdir, shared_ray) -> tuple:
+    """Crash after step 3 (a checkpoint exists at step 2), then run the same job again.
+
+    The crashed run starts a local Ray from nothing (and its fault variable must reach its Ray Train workers,
+    which a shared head's workers would not inherit); the rerun and the other jobs join the session's Ray head."""
     job = tiny_job(workdir, "ddp")
     crashed = fusion_cli("run", str(job), timeout=600, extra_env={"FUSION_FAULT_SFT_FAIL_AFTER_STEP": "3"})
-    resumed = fusion_cli("run", str(job), timeout=600)
+    resumed = fusion_cli("run", str(job), timeout=600, ray_address=shared_ray)
     return workdir / "ddp", crashed.returncode, crashed.stderr, resumed
 
 
@@ -105,8 +108,9 @@ def test_outputs_loss_curve_and_a_reloadable_model(ddp_run):
     assert out.shape[1] > prompt["input_ids"].shape[1]
 
 
-def test_zero3_partitions_the_model_and_matches_ddp(workdir, ddp_run):
-    result = fusion_cli("run", str(tiny_job(workdir, "zero3", strategy="deepspeed_zero3")), timeout=600)
+def test_zero3_partitions_the_model_and_matches_ddp(workdir, ddp_run, shared_ray):
+    result = fusion_cli("run", str(tiny_job(workdir, "zero3", strategy="deepspeed_zero3")), timeout=600,
+                        ray_address=shared_ray)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((workdir / "zero3" / "metrics.json").read_text())
     assert metrics["params_rank0_at_load"] < metrics["params_total"]  # no rank loaded the whole model
@@ -118,7 +122,7 @@ def test_zero3_partitions_the_model_and_matches_ddp(workdir, ddp_run):
     assert (workdir / "zero3" / "model" / "model.safetensors").is_file()
 
 
-def test_gemma_270m_fine_tunes_with_one_worker(tmp_path):
+def test_gemma_270m_fine_tunes_with_one_worker(tmp_path, shared_ray):
     """The bundled Gemma 3 270M (from the GGUF package), bf16 mixed precision, 2 steps on the same batch."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -131,7 +135,7 @@ def test_gemma_270m_fine_tunes_with_one_worker(tmp_path):
         scaling={"num_workers": 1, "cpus_per_worker": 2},
         output_dir=str(tmp_path / "gemma"),
     )
-    result = fusion_cli("run", str(job), timeout=900)
+    result = fusion_cli("run", str(job), timeout=900, ray_address=shared_ray)
     assert result.returncode == 0, result.stderr[-3000:]
     steps = read_jsonl(tmp_path / "gemma" / "metrics.jsonl")
     assert len(steps) == 2 and steps[-1]["loss"] < steps[0]["loss"]  # the same 4 examples twice

@@ -47,10 +47,11 @@ def wait_gone(pids: set[int], timeout: float = 30) -> set[int]:
     return pids & vllm_pids()
 
 
-def run_job(job: Path) -> tuple[Path, dict, list[dict]]:
-    """`fusion run` a job; check that it succeeded and that no vLLM process it started outlived it."""
+def run_job(job: Path, ray_address: str | None = None) -> tuple[Path, dict, list[dict]]:
+    """`fusion run` a job (on a local Ray of its own, or joining ``ray_address``); check that it succeeded and
+    that no vLLM process it started outlived it."""
     before = vllm_pids()
-    proc = fusion_cli("run", str(job), timeout=900)
+    proc = fusion_cli("run", str(job), timeout=900, ray_address=ray_address)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert not wait_gone(vllm_pids() - before), "vLLM processes outlived the job"
     run = job.parent / "run"
@@ -77,7 +78,7 @@ def interrupt_when_answering(job: Path) -> tuple[int, str, set[int]]:
     return proc.returncode, err, started
 
 
-def test_fusion_with_embedded_teacher_interrupted_resumed_and_rerun(tmp_path, code_alpaca):
+def test_fusion_with_embedded_teacher_interrupted_resumed_and_rerun(tmp_path, code_alpaca, shared_ray):
     """Ctrl-C while the server answers, run again to the end, then once more from the cache alone."""
     job = write_job(
         tmp_path,
@@ -97,8 +98,10 @@ def test_fusion_with_embedded_teacher_interrupted_resumed_and_rerun(tmp_path, co
     assert not (tmp_path / "run" / "test.parquet").exists()
     cached_before = sum(len(read_jsonl(f)) for f in (tmp_path / "run" / "cache").glob("calls-*.jsonl"))
     assert cached_before > 0, "finished calls were lost"
-    # run again: resumes from the calls the interrupted run finished
-    run, manifest, rows = run_job(job)
+    # run again: resumes from the calls the interrupted run finished. The interrupted run started a local Ray of
+    # its own; this one and the next only need to finish, and join the session's Ray head (the embedded server is
+    # the CLI's child, not a Ray actor, so its start and stop are the same either way)
+    run, manifest, rows = run_job(job, shared_ray)
     assert manifest["this_run"]["cache_hits"] >= cached_before
     seeds = {s["id"]: s for s in load_seeds([SeedSource(path=str(CODE_ALPACA), limit=16)]).records}
     assert len(seeds) == 16
@@ -125,7 +128,7 @@ def test_fusion_with_embedded_teacher_interrupted_resumed_and_rerun(tmp_path, co
     assert len(read_jsonl(run / "sft_messages.jsonl")) == len(ok) == manifest["counts"]["sft_rows"] > 0
     assert (run / "logs" / "embedded-vllm.log").stat().st_size > 0
     # The same job again: everything from the cache, no new call, no server started, same rows.
-    _, manifest2, rows2 = run_job(job)
+    _, manifest2, rows2 = run_job(job, shared_ray)
     assert manifest2["teacher"]["started"] is False
     assert manifest2["this_run"]["calls"] == 0
     assert manifest2["this_run"]["cache_hits"] == manifest["this_run"]["calls"] + manifest["this_run"]["cache_hits"]

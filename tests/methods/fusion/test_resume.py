@@ -78,7 +78,7 @@ def _session_alive(sid: int, ignore: tuple[str, ...] = ()) -> list[int]:
 
 
 @pytest.mark.ray
-def test_sigkill_then_resume(tmp_path, code_alpaca):
+def test_sigkill_then_resume(tmp_path, code_alpaca, shared_ray):
     recorder = BodyRecorder()
     with FaultInjectingOpenAIServer(latency_s=0.3, faults=recorder) as srv:
         job = _job(tmp_path, srv.base_url, "killed")
@@ -106,7 +106,9 @@ def test_sigkill_then_resume(tmp_path, code_alpaca):
         before = _cached_keys(run)
         assert 6 <= len(before) and not (run / "test.parquet").exists()
 
-        resumed = fusion_cli("run", str(job))
+        # the killed run started a local Ray of its own (its reaper is part of what is tested); the resumed and
+        # the reference runs only need to finish: they join the session's Ray head
+        resumed = fusion_cli("run", str(job), ray_address=shared_ray)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         after_kill = [k for t, k in recorder.keys if t > killed_at]
         assert not set(after_kill) & before, "a call cached before the kill was made again"
@@ -119,7 +121,7 @@ def test_sigkill_then_resume(tmp_path, code_alpaca):
 
     with FaultInjectingOpenAIServer(latency_s=0.0) as srv2:
         ref_job = _job(tmp_path, srv2.base_url, "uninterrupted")
-        ref = fusion_cli("run", str(ref_job))
+        ref = fusion_cli("run", str(ref_job), ray_address=shared_ray)
         assert ref.returncode == 0, ref.stderr[-3000:]
     got = pq.read_table(run / "test.parquet", columns=STABLE).to_pylist()
     want = pq.read_table(ref_job.parent / "run" / "test.parquet", columns=STABLE).to_pylist()

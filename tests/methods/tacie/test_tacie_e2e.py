@@ -85,12 +85,13 @@ def _job(tmp: Path, rounds: int, teacher: dict) -> Path:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, served_gemma):
+def runs(tmp_path_factory, served_gemma, shared_ray):
     require_shared()
     tmp = tmp_path_factory.mktemp("tacie")
     out = {}
     for label, rounds in (("first", 1), ("resumed", 2), ("again", 2)):
-        proc = fusion_cli("run", str(_job(tmp, rounds, served_gemma)), timeout=1500)
+        # the session's Ray head: this test is about the rounds and their checkpoints, not Ray's start
+        proc = fusion_cli("run", str(_job(tmp, rounds, served_gemma)), timeout=1500, ray_address=shared_ray)
         assert proc.returncode == 0, f"{label}: {proc.stderr[-3000:]}"
         run = tmp / "run"
         out[label] = {

@@ -36,13 +36,13 @@ def _job(tmp_path, base_url: str, **teacher) -> dict:
 
 
 @pytest.mark.ray
-def test_a_teacher_answering_garbage_leaves_an_incomplete_run_with_counts(tmp_path, code_alpaca):
+def test_a_teacher_answering_garbage_leaves_an_incomplete_run_with_counts(tmp_path, code_alpaca, shared_ray):
     with FaultInjectingOpenAIServer(faults=always("empty")) as srv:
         path = tmp_path / "job.yaml"
         job = _job(tmp_path, srv.base_url)
         job["seeds"][1]["clusters"] = 3  # GSM8K: three clusters as given (TaCIE's per-source counts), no elbow
         path.write_text(yaml.safe_dump(job))
-        proc = fusion_cli("run", str(path), timeout=600)
+        proc = fusion_cli("run", str(path), timeout=600, ray_address=shared_ray)  # the session's Ray head
         calls = srv.total_calls
     assert proc.returncode == 3, proc.stderr[-3000:]
     assert "incomplete" in proc.stderr and "decompose" in proc.stderr and "parse_error" in proc.stderr
