@@ -108,6 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="small M everywhere (a smoke run)")
+    parser.add_argument("--only", choices=("throughput", "invalid", "scale"), help="one part of the report")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(json.loads(args.one))))
@@ -117,6 +118,16 @@ def main() -> None:
     m_speed, m_small, m_paper = (400, 500, 1_000) if args.quick else (4_000, 5_000, 50_000)
 
     print(f"fault server latency {LATENCY_S * 1000:.0f} ms in its own process; seeds {SEEDS.name}\n")
+    part = args.only
+    if part in (None, "throughput"):
+        throughput(m_speed)
+    if part in (None, "invalid"):
+        invalid(m_speed)
+    if part in (None, "scale"):
+        scale(m_small, m_paper)
+
+
+def throughput(m_speed: int) -> None:
     proc, base_url = start_server(LATENCY_S)
     try:
         print("1. throughput of the whole run (calls = fusions + responses)")
@@ -138,6 +149,8 @@ def main() -> None:
         proc.terminate()
         proc.wait()
 
+
+def invalid(m_speed: int) -> None:
     print("\n2. a teacher answering INVALID PROMPT to half the fusion prompts (C = 32, one actor)")
     proc, base_url = start_server(LATENCY_S, invalid_rate=0.5)
     try:
@@ -151,6 +164,8 @@ def main() -> None:
           f"{r['responses']} responses, surplus {r['surplus']}; M / pass rate + C = {bound:.0f}: "
           f"{'within' if r['fusion_calls'] <= bound else 'OVER'} (M / pass rate alone: {m_speed / p:.0f})")
 
+
+def scale(m_small: int, m_paper: int) -> None:
     print("\n3. growth to the paper's M (C = 128 over two actors)")
     proc, base_url = start_server(LATENCY_S)
     try:
