@@ -53,10 +53,12 @@ manifests: $(STAMP)
 run: setup
 	$(VENV)/bin/fusion run jobs/quickstart.yaml
 
+# every test: the fast set beside the rest at nice 19 (scripts/test_all.sh says why)
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	scripts/test_all.sh $(PY) $(PYTEST_ARGS)
 
-# the inner loop: no Ray, no vLLM, no checkov, no evaluation sandbox, nothing slow (markers in pyproject.toml)
+# the inner loop: no Ray, no vLLM, no checkov, no evaluation sandbox, nothing slow (markers in pyproject.toml;
+# scripts/test_all.sh names the same set)
 FAST := not (ray or vllm or checkov or sandbox or slow)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "$(FAST)" $(PYTEST_ARGS)
