@@ -34,20 +34,7 @@ SEEDS = ROOT.parent / "shared" / "data" / "seeds" / "codealpaca" / "code_alpaca_
 LATENCY_S = 0.2
 TARGETS = {32: 0.85, 128: 0.6}  # share of C/L the whole run must reach (the issue's targets)
 
-
-def start_server(latency_s: float, invalid_rate: float = 0.0) -> tuple[subprocess.Popen[str], str]:
-    """The fault server in its own process (it does not share our GIL), and its base URL."""
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "fault_server.py"), "--port", "0", "--latency", str(latency_s),
-         "--invalid-rate", str(invalid_rate)],
-        stdout=subprocess.PIPE, text=True, cwd=ROOT,
-    )
-    assert proc.stdout is not None
-    base_url = proc.stdout.readline().strip()
-    if not base_url.startswith("http://"):
-        proc.kill()
-        raise RuntimeError(f"fault server did not start (printed {base_url!r})")
-    return proc, base_url
+from teacher_throughput import bench_teacher, start_server  # noqa: E402 (benchmarks/ is on the path above)
 
 
 # ------------------------------------------------------------------ one case, in its own process
@@ -98,8 +85,6 @@ def run_case(base_url: str, m: int, concurrency: int, actors: int) -> dict:
 
 
 def client_only(base_url: str, concurrency: int, calls: int) -> float:
-    from teacher_throughput import bench_teacher
-
     return bench_teacher(base_url, concurrency, calls).per_s
 
 

@@ -45,10 +45,12 @@ class Run:
         return self.calls / self.elapsed_s
 
 
-def start_server(latency_s: float) -> tuple[subprocess.Popen[str], str]:
-    """The fault server in its own process (so it does not share our GIL), and its base URL."""
+def start_server(latency_s: float, invalid_rate: float = 0.0) -> tuple[subprocess.Popen[str], str]:
+    """The fault server in its own process (so it does not share our GIL), and its base URL; ``invalid_rate``:
+    the share of IF fusion prompts it answers INVALID PROMPT."""
     proc = subprocess.Popen(
-        [sys.executable, str(FAULT_SERVER), "--port", "0", "--latency", str(latency_s)],
+        [sys.executable, str(FAULT_SERVER), "--port", "0", "--latency", str(latency_s),
+         "--invalid-rate", str(invalid_rate)],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.ray_head import ray_head, token_auth
 from tests.paths import REPO
 SHARED = REPO.parent / "shared"
 CODE_ALPACA = SHARED / "data/seeds/codealpaca/code_alpaca_2k.json"
@@ -100,14 +96,8 @@ def served_gemma(tmp_path_factory: pytest.TempPathFactory) -> Any:
                "concurrency": stage.concurrency, "timeout_s": stage.timeout_s, "max_retries": stage.max_retries}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 #: the shared head's token (Ray turns token authentication on for `ray start`): given to the CLI with its address
-_SHARED_RAY_AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+_SHARED_RAY_AUTH = token_auth()
 
 
 @pytest.fixture(scope="session")
@@ -124,37 +114,9 @@ def shared_ray() -> Any:
     and Ctrl-C tests, the first run of tests/training/test_sft_ray.py) keep a local Ray started from nothing.
     Teardown kills exactly the head's process group (never `ray stop`, which would stop every Ray on the machine).
     """
-    temp = tempfile.mkdtemp(prefix="fray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    ports = {name: _free_port() for name in (
-        "port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-        "runtime-env-agent-port", "ray-client-server-port", "node-manager-port", "object-manager-port")}
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, **_SHARED_RAY_AUTH, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-           "RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0"}
-    env.pop("RAY_ADDRESS", None)
-    argv = [str(bin_dir / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--include-dashboard", "false",
-            "--num-cpus", "2", "--temp-dir", temp, "--disable-usage-stats"]
-    argv += [a for name, port in ports.items() for a in (f"--{name}", str(port))]
-    proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=180)
-        if proc.returncode != 0:
-            pytest.fail(f"ray start failed ({proc.returncode}): {out[-2000:]}")
+    with ray_head(_SHARED_RAY_AUTH, dashboard=False, env={"PYTHONUNBUFFERED": "1", "RAY_DEDUP_LOGS": "0"},
+                  cwd=REPO) as ports:
         yield f"127.0.0.1:{ports['port']}"
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.1)
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def fusion_cli(*args: str, timeout: float = 600, ray_address: str | None = None, **kwargs: Any) -> subprocess.CompletedProcess:

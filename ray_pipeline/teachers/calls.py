@@ -28,8 +28,7 @@ from ray_pipeline.teachers.pool import CallStream, TeacherPool
 from ray_pipeline.teachers.rows import Answer, SamplingSettings, cached_result, request_row, sampling_at
 from ray_pipeline.teachers.tally import DEAD_TEACHER_STREAK, Breaker, CallTally
 
-__all__ = ["DEAD_TEACHER_STREAK", "Breaker", "CallStream", "CallTally", "RequestBuilder", "TeacherCalls", "answer_from_cache",
-           "cached_answer"]
+__all__ = ["DEAD_TEACHER_STREAK", "Breaker", "CallStream", "CallTally", "RequestBuilder", "TeacherCalls", "cached_answer"]
 
 
 @dataclass
@@ -46,21 +45,9 @@ class RequestBuilder:
         return request_row(request, self.model, self.cache)
 
 
-def answer_from_cache(requests: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
-    """Rows whose answers are all cached (``RequestBuilder`` rows), answered as the teacher stage would, with no teacher.
-
-    For a rerun that needs no call: nothing is started (no server, no engine, no actors).
-    """
-    answered = []
-    for row in requests:
-        if not row["cached"]:
-            raise ValueError("answer_from_cache: a row has no cached answer")
-        answered.append(cached_answer(row, prefix))
-    return answered
-
-
 def cached_answer(row: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """``row`` (whose ``cached`` column holds an answer) with that answer in its ``<prefix>_*`` columns."""
+    """``row`` (whose ``cached`` column holds an answer) with that answer in its ``<prefix>_*`` columns, as the
+    teacher stage would answer it: no teacher, server, engine or actor is started for it."""
     result = cached_result(row)
     assert result is not None
     return {**row, **Answer.of(result, node="").columns(prefix)}
@@ -86,6 +73,7 @@ class TeacherCalls:
         self._start = start
         self._stack = ExitStack()
         self._pool: TeacherPool | None = None
+        self._release_on_exit = False
 
     @classmethod
     def lazy(cls, teacher_cfg: object, ray_cfg: RayConfig, cache_dir: object, log_dir: object,
@@ -124,9 +112,11 @@ class TeacherCalls:
     def stream(self) -> CallStream:
         """A stream over the job's stage actors (started, and the teacher with them, on first use)."""
         if self._pool is None:
-            stage_cfg = self._stage_config()
+            stage_cfg = self._stage_config()  # entered first, so the actors end before the teacher's session
             self._pool = TeacherPool(stage_cfg, self.ray_cfg, self.cache_dir)
-            self._stack.callback(self._pool.close)
+            if not self._release_on_exit:
+                self._stack.callback(self.release)
+                self._release_on_exit = True
         return CallStream(self._pool)
 
     def release(self) -> None:

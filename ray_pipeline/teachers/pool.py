@@ -27,12 +27,14 @@ from typing import Any, Mapping
 from ray_pipeline.core.config import RayConfig
 from ray_pipeline.core.errors import TeacherError, first_line
 from ray_pipeline.teachers.factory import StageTeacherConfig, backend_for
-from ray_pipeline.teachers.stage import TeacherStage
+from ray_pipeline.teachers.stage import REQUEST_COLUMNS, TeacherStage
 
 log = logging.getLogger(__name__)
 
 #: a chunk whose actor died is sent again this many times (to a restarted actor) before the run stops
 CHUNK_RETRIES = 2
+#: seconds the actors get to flush their cache files at the end before they are killed
+CLOSE_TIMEOUT_S = 30.0
 
 
 class TeacherPool:
@@ -65,13 +67,14 @@ class TeacherPool:
         return self.slots * self.num_actors
 
     def close(self) -> None:
+        """Each actor flushes its cache file and closes its teacher (at once, within CLOSE_TIMEOUT_S), then ends."""
         import ray
 
+        try:
+            ray.wait([a.close.remote() for a in self.actors], num_returns=len(self.actors), timeout=CLOSE_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - a dead actor has nothing left to flush
+            pass
         for a in self.actors:
-            try:
-                ray.get(a.close.remote(), timeout=30)  # flush the actor's cache file and close its teacher
-            except Exception:  # noqa: BLE001 - a dead actor has nothing left to flush
-                pass
             try:
                 ray.kill(a)
             except Exception:  # noqa: BLE001
@@ -133,7 +136,7 @@ class CallStream:
             queue = self._queued[prefix]
             rows = [queue.popleft() for _ in range(n)]
         actor = min(range(len(self._load)), key=lambda i: self._load[i])
-        requests = [{key: row[key] for key in ("messages", "sampling", "cache_key", "cached")} for row in rows]
+        requests = [{key: row[key] for key in REQUEST_COLUMNS} for row in rows]
         ref = self.pool.actors[actor].answer.remote(requests, prefix)
         self._flight[ref] = (actor, prefix, rows, tries)
         self._load[actor] += len(rows)
@@ -146,11 +149,12 @@ class CallStream:
         self.flush()
         if not self._flight:
             return []
-        ready, _ = ray.wait(list(self._flight), num_returns=1)
-        more, _ = ray.wait([r for r in self._flight if r not in ready], num_returns=len(self._flight) - 1, timeout=0) \
-            if len(self._flight) > 1 else ([], [])
+        refs = list(self._flight)
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)  # every chunk done by now
+        if not ready:
+            ready, _ = ray.wait(refs, num_returns=1)
         out: list[tuple[str, dict[str, Any]]] = []
-        for ref in [*ready, *more]:
+        for ref in ready:
             actor, prefix, rows, tries = self._flight.pop(ref)
             self._load[actor] -= len(rows)
             self.in_flight -= len(rows)
@@ -166,8 +170,7 @@ class CallStream:
                 continue
             except ray.exceptions.RayTaskError as err:
                 raise TeacherError(f"the teacher stage failed: {first_line(_cause(err))}") from None
-            out.extend((prefix, {**row, **{k: v for k, v in got.items() if k.startswith(f"{prefix}_")}})
-                       for row, got in zip(rows, answered))
+            out.extend((prefix, {**row, **columns}) for row, columns in zip(rows, answered))
         return out
 
 

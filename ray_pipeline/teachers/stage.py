@@ -61,10 +61,10 @@ class TeacherStage:
         return results  # type: ignore[return-value]
 
     def answer(self, rows: Sequence[Mapping[str, Any]], prefix: str) -> list[dict[str, Any]]:
-        """Each row's request columns with the ``<prefix>_*`` result columns (a chunk from ``teachers.pool``)."""
+        """Each row's ``<prefix>_*`` result columns, in order (a chunk from ``teachers.pool``: the request
+        columns stay on the driver)."""
         columns = result_columns(self.results(rows), self.node)
-        return [{key: row[key] for key in REQUEST_COLUMNS} | {f"{prefix}_{name}": values[i] for name, values in columns.items()}
-                for i, row in enumerate(rows)]
+        return [{f"{prefix}_{name}": values[i] for name, values in columns.items()} for i in range(len(rows))]
 
     def __call__(self, batch: "pd.DataFrame") -> "pd.DataFrame":
         rows = batch[list(REQUEST_COLUMNS)].to_dict("records")

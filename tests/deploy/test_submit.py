@@ -9,12 +9,9 @@ import json
 import os
 import re
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,62 +25,22 @@ from tests.conftest import REPO, read_jsonl
 from tests.fake_kube_api import FakeKubeAPI
 from tests.fault_server import FaultInjectingOpenAIServer
 from tests.k8s_helpers import CRD_DIR
+from tests.ray_head import free_port, token_auth
+from tests.ray_head import ray_head as start_ray_head
 
 FORWARDED = "FUSION_SUBMIT_TEST_KEY"      # the teacher's api_key_env: the job succeeds only if --env forwarded it
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-CLOSED = f"127.0.0.1:{_free_port()}"
+CLOSED = f"127.0.0.1:{free_port()}"
 
 
 @pytest.fixture(scope="module")
 def ray_head():
     """A real Ray head on 127.0.0.1 (dashboard on, 2 CPUs, token auth, every port picked free), its own process group;
     teardown kills exactly that group (never `ray stop`, which would stop every Ray on the machine)."""
-    temp = tempfile.mkdtemp(prefix="fsub", dir="/tmp")   # short: Ray's socket paths must fit 107 bytes
-    ports = {name: _free_port() for name in (
-        "port", "dashboard-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
-        "runtime-env-agent-port", "ray-client-server-port", "node-manager-port", "object-manager-port")}
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
-    bin_dir = Path(sys.executable).parent
-    env = {**os.environ, **auth, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-           "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
-    env.pop(FORWARDED, None)
-    argv = [str(bin_dir / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
-            "--include-dashboard", "true", "--num-cpus", "2", "--temp-dir", temp, "--disable-usage-stats",
-            "--min-worker-port", "0", "--max-worker-port", "0"]
-    argv += [a for name, port in ports.items() for a in (f"--{name}", str(port))]
-    proc = subprocess.Popen(argv, env=env, cwd=temp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=120)
-        if proc.returncode != 0:
-            pytest.fail(f"ray start failed ({proc.returncode}): {out[-2000:]}")
+    auth = token_auth()
+    with start_ray_head(auth, dashboard=True, drop_env=(FORWARDED,), timeout=120) as ports:
         yield {"address": f"http://127.0.0.1:{ports['dashboard-port']}", "auth": auth}
-    finally:
-        _kill_group(proc.pid)
-        shutil.rmtree(temp, ignore_errors=True)
-
-
-def _kill_group(pgid: int) -> None:
-    """SIGKILL the cluster's process group (a throwaway cluster needs no graceful stop) and wait until it is gone."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
 
 
 def _seeds(directory: Path) -> Path:

@@ -207,22 +207,32 @@ def test_compare_merges_runs_and_renames_clashing_labels():
     assert "| Δ run2/m vs m | +25.0 | – |" in md
 
 
-def test_a_rerun_with_every_answer_cached_needs_no_teacher():
+def test_a_rerun_with_every_answer_cached_needs_no_teacher(tmp_path):
+    from contextlib import contextmanager
+
+    from ray_pipeline.core.config import RayConfig
     from ray_pipeline.evaluation.generation import PREFIX, to_sample
-    from ray_pipeline.teachers.calls import answer_from_cache
     from ray_pipeline.teachers.base import ChatResult
+    from ray_pipeline.teachers.calls import TeacherCalls
+
+    @contextmanager
+    def no_teacher():
+        raise RuntimeError("the teacher was started")
+        yield
 
     job = _job()
     first = request_rows([HE], job.models[0], job.sampling, 7, "m", {})
     cache = {first[0]["cache_key"]: ChatResult(text="    return number % 1.0\n", finish_reason="stop",
                                                prompt_tokens=30, completion_tokens=9)}
     rows = request_rows([HE], job.models[0], job.sampling, 7, "m", cache)
-    answered = answer_from_cache(rows, PREFIX)
-    assert answered[0][f"{PREFIX}_text"] == "    return number % 1.0\n" and answered[0][f"{PREFIX}_cached"]
-    assert answered[0][f"{PREFIX}_completion_tokens"] == 9 and answered[0][f"{PREFIX}_error"] == ""
-    assert "return number % 1.0" in to_sample(answered[0], "completion")["solution"]
-    with pytest.raises(ValueError, match="no cached answer"):
-        answer_from_cache(first, PREFIX)
+    with TeacherCalls(None, RayConfig(), tmp_path, start=no_teacher) as calls:
+        answered = calls.run(rows, PREFIX)
+        assert answered[0][f"{PREFIX}_text"] == "    return number % 1.0\n" and answered[0][f"{PREFIX}_cached"]
+        assert answered[0][f"{PREFIX}_completion_tokens"] == 9 and answered[0][f"{PREFIX}_error"] == ""
+        assert "return number % 1.0" in to_sample(answered[0], "completion")["solution"]
+        assert calls.tally.cache_hits == 1 and calls.tally.calls == 0 and not calls.started
+        with pytest.raises(RuntimeError, match="the teacher was started"):  # a row the cache lacks needs it
+            calls.run(first, PREFIX)
 
 
 def test_multiple_data_comes_from_fusion_multiple_path_when_a_benchmark_gives_none(tmp_path, monkeypatch):

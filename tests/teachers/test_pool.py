@@ -80,8 +80,11 @@ def test_release_ends_the_actors_and_the_next_call_starts_new_ones(tmp_path, loc
             first = calls._pool.actors[0]
             calls.release()
             assert calls._pool is None
+            deadline = time.monotonic() + 30  # ray.kill is asynchronous: the actor ends soon after, not at once
             with pytest.raises(ray.exceptions.RayActorError):
-                ray.get(first.ready.remote(), timeout=30)
+                while time.monotonic() < deadline:
+                    ray.get(first.ready.remote(), timeout=30)
+                    time.sleep(0.1)
             answered = calls.run(_rows(3, "again "), "t")
             assert [r["i"] for r in answered] == [0, 1, 2] and all(Answer.read(r, "t").ok for r in answered)
             assert calls.tally.calls == 6

@@ -99,13 +99,9 @@ class FusionLoop:
             self._draw()
             self._take_in_order()
             self._send_responses()
-            stream = self._stream
-            if stream is None or not stream.busy:
-                if not self.to_answer and not self._may_draw():
-                    break
-                if stream is None or not self.to_answer:
-                    continue  # cached draws were taken; draw again (the stream, if any, is idle with room)
-            assert self._stream is not None
+            # each step above ran to its end: with nothing in flight, nothing is left to draw or to ask
+            if self._stream is None or not self._stream.busy:
+                break
             self.max_in_flight = max(self.max_in_flight, self._stream.in_flight)
             for prefix, row in self._stream.results():
                 if prefix == "fusion":
@@ -114,7 +110,8 @@ class FusionLoop:
                 else:
                     self.answers[row["attempt"]] = row
             self._take_in_order()
-        assert not self.arrived and self.fusing == 0, "the fusion loop ended with answers not taken"
+        assert not self.arrived and not self.to_answer and self.fusing == 0 and not self._may_draw(), \
+            "the fusion loop ended with work left"
         for row in self.rows:
             self._record_response(row)
         return FusionResult(self.rows, self.outcomes, self._stop_reason(), self.max_in_flight)
